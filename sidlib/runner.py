@@ -1,0 +1,202 @@
+"""The chain: execute the numbered notebooks in order with papermill.
+
+Each stage is a notebook that reads earlier stages' artifacts and writes its own folder.
+A stage is skipped when its manifest says nothing it depends on changed: the notebook file,
+its config sections, and the outputs of the stages it reads. `--force` reruns anyway.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from . import paths, summary
+
+log = logging.getLogger("sidlib.runner")
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # notebook stem and artifact folder, e.g. "01-prep"
+    key: str  # summary.json key
+    sections: tuple[str, ...]  # config sections whose values the outputs depend on
+    reads: tuple[str, ...] = ()  # earlier stages whose outputs it reads
+
+    @property
+    def number(self) -> int:
+        return int(self.name.split("-")[0]) if self.name[0].isdigit() else 99
+
+    @property
+    def notebook(self) -> Path:
+        nb = paths.NOTEBOOKS / f"{self.name}.ipynb"
+        return nb if nb.exists() else paths.REPO / f"{self.name}.ipynb"  # demo.ipynb lives at the top
+
+
+# The whole chain. A stage whose notebook does not exist yet is left out of a run.
+STAGES: list[Stage] = [
+    Stage("01-prep", "prep", ("data",)),
+    Stage("02-clean", "clean", ("clean",), ("01-prep",)),
+    Stage("03-embed", "embed", ("embed",), ("02-clean",)),
+    Stage("04-rqvae", "rqvae", ("rqvae",), ("03-embed",)),
+    Stage("05-sids", "sids", ("sids",), ("02-clean", "04-rqvae")),
+]
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def available_stages() -> list[Stage]:
+    return [s for s in STAGES if s.notebook.exists()]
+
+
+def select(spec: str | None) -> list[Stage]:
+    """"01-02" (a range), "03,05" (a list) or names; None = every available stage."""
+    stages = available_stages()
+    if not spec:
+        return stages
+    wanted: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part and all(p.strip().isdigit() for p in part.split("-", 1)):
+            lo, hi = (int(p) for p in part.split("-", 1))
+            wanted.update(range(lo, hi + 1))
+        elif part.isdigit():
+            wanted.add(int(part))
+        else:
+            match = [s.number for s in stages if part in (s.name, s.key)]
+            if not match:
+                raise SystemExit(f"--stages: no stage {part!r}; available: {', '.join(s.name for s in stages)}")
+            wanted.update(match)
+    chosen = [s for s in stages if s.number in wanted]
+    if not chosen:
+        raise SystemExit(f"--stages {spec!r} selects nothing; available: {', '.join(s.name for s in stages)}")
+    return chosen
+
+
+def _hash_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def outputs_hash(folder: Path) -> str:
+    """Cheap fingerprint of a stage folder: names, sizes and mtimes (weights can be GBs)."""
+    h = hashlib.sha256()
+    if folder.exists():
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and p.name != MANIFEST:
+                st = p.stat()
+                h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _read_manifest(profile: str, stage: str) -> dict[str, Any] | None:
+    p = paths.stage_dir(profile, stage, create=False) / MANIFEST
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def fingerprint(stage: Stage, cfg: config_mod.Config) -> dict[str, Any]:
+    """What the stage's outputs depend on, as recorded in its manifest."""
+    inputs = {}
+    for up in stage.reads:
+        m = _read_manifest(cfg.profile, up)
+        inputs[up] = m["outputs"] if m else None
+    return {
+        "notebook": _hash_file(stage.notebook),
+        "params": cfg.section_hash(*stage.sections),
+        "inputs": inputs,
+    }
+
+
+def is_fresh(stage: Stage, cfg: config_mod.Config) -> bool:
+    m = _read_manifest(cfg.profile, stage.name)
+    if not m or m.get("status") != "ok":
+        return False
+    now = fingerprint(stage, cfg)
+    if any(v is None for v in now["inputs"].values()):
+        return False
+    same = all(m.get(k) == now[k] for k in ("notebook", "params", "inputs"))
+    return same and m.get("outputs") == outputs_hash(paths.stage_dir(cfg.profile, stage.name, create=False))
+
+
+def _write_manifest(stage: Stage, cfg: config_mod.Config, fp: dict[str, Any], seconds: float) -> None:
+    folder = paths.stage_dir(cfg.profile, stage.name)
+    m = dict(fp, status="ok", seconds=round(seconds, 2), outputs=outputs_hash(folder),
+             finished=datetime.now().isoformat(timespec="seconds"))
+    (folder / MANIFEST).write_text(json.dumps(m, indent=2))
+
+
+def execute(stage: Stage, profile: str, overrides: dict[str, Any], out_dir: Path) -> Path:
+    """Run one notebook with papermill; the executed copy lands in out_dir."""
+    import papermill as pm  # imported here: `python -m sidlib --help` should not pay for it
+
+    out = out_dir / stage.notebook.name
+    try:
+        pm.execute_notebook(
+            str(stage.notebook),
+            str(out),
+            parameters={"profile": profile, "overrides": overrides},
+            kernel_name="python3",  # jupyter_client maps it to this interpreter (the venv)
+            cwd=str(stage.notebook.parent),
+            progress_bar=False,
+            request_save_on_cell_execute=True,
+        )
+    except pm.PapermillExecutionError as e:
+        last = (e.evalue or "").strip().splitlines()
+        raise StageFailed(
+            f"{stage.notebook.relative_to(paths.REPO)} failed in cell {e.cell_index} "
+            f"(In [{e.exec_count}]): {e.ename}: {last[-1] if last else ''}\n"
+            f"  executed copy: {out}"
+        ) from None
+    return out
+
+
+def run(
+    profile: str = config_mod.DEFAULT_PROFILE,
+    stages: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    echo=print,
+) -> int:
+    """Run the chain; returns a process exit code (0 ok, 1 a stage failed)."""
+    overrides = overrides or {}
+    cfg = config_mod.load(profile, overrides)  # fails fast on a bad profile or override
+    chosen = select(stages)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = paths.runs_root() / cfg.profile / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    echo(f"sidlib: profile {cfg.profile}, {len(chosen)} stage(s) → {paths.profile_dir(cfg.profile)}")
+    t_all = time.time()
+    # Papermill's kernels inherit the environment: make sure they see the same artifact roots.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    for stage in chosen:
+        if not force and is_fresh(stage, cfg):
+            echo(f"[{stage.name}] skipped: up to date (use --force to rerun)")
+            summary.set_status(cfg.profile, stage.key, "skipped (up to date)")
+            continue
+        fp = fingerprint(stage, cfg)
+        echo(f"[{stage.name}] running ...")
+        t0 = time.time()
+        try:
+            execute(stage, cfg.profile, overrides, out_dir)
+        except StageFailed as e:
+            seconds = time.time() - t0
+            summary.set_status(cfg.profile, stage.key, "failed", seconds)
+            summary.write_report(cfg.profile)
+            echo(f"[{stage.name}] FAILED after {seconds:.1f}s: {e}")
+            return 1
+        seconds = time.time() - t0
+        _write_manifest(stage, cfg, fp, seconds)
+        summary.set_status(cfg.profile, stage.key, "ok", seconds)
+        echo(f"[{stage.name}] ok in {seconds:.1f}s")
+    report = summary.write_report(cfg.profile)
+    echo(f"sidlib: done in {time.time() - t_all:.1f}s; summary {summary.summary_path(cfg.profile)}; report {report}")
+    return 0
