@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # the runner prints its own progress lines
 
     try:
         if args.cmd == "profiles":

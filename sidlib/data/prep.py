@@ -131,8 +131,8 @@ def drop_unknown_items(
     i = interactions["item_id"]
     missing = (u.isna() | i.isna() | (u.astype(str).str.strip() == "") | (i.astype(str).str.strip() == "")).to_numpy()
     ids = i.astype(str)
-    in_kept = ids.isin(set(kept_items.astype(str))).to_numpy()
-    in_all = ids.isin(set(all_items.astype(str))).to_numpy()
+    in_kept = ids.isin(kept_items.astype(str)).to_numpy()
+    in_all = ids.isin(all_items.astype(str)).to_numpy()
     rules = [
         ("missing user or item id", missing),
         ("item not in the item table", ~in_all),
@@ -191,20 +191,22 @@ def sample_users(interactions: pd.DataFrame, max_users: int, seed: int) -> pd.Da
 def kcore(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
     """Iterative k-core: drop users and items with < k interactions until none is left (k <= 0: off).
 
-    Vectorised: each round counts with value_counts and removes every short user and item at
-    once; rounds repeat until stable. Row order is kept.
+    Vectorised: each round counts users and items (np.bincount over factorized ids, i.e. value
+    counts) and removes every short user and item at once; rounds repeat until stable. Row
+    order is kept.
     """
     if k <= 0:
         return interactions
-    df = interactions
-    while len(df):
-        users = df["user_id"].map(df["user_id"].value_counts()).to_numpy()
-        items = df["item_id"].map(df["item_id"].value_counts()).to_numpy()
-        keep = (users >= k) & (items >= k)
-        if keep.all():
+    users = pd.factorize(interactions["user_id"])[0]
+    items = pd.factorize(interactions["item_id"])[0]
+    keep = np.ones(len(interactions), dtype=bool)
+    while keep.any():
+        u, i = users[keep], items[keep]
+        ok = (np.bincount(u)[u] >= k) & (np.bincount(i)[i] >= k)  # value counts of the rows left
+        if ok.all():
             break
-        df = df.loc[keep]
-    return df.reset_index(drop=True)
+        keep[np.flatnonzero(keep)[~ok]] = False
+    return interactions.loc[keep].reset_index(drop=True)
 
 
 def truncate(interactions: pd.DataFrame, max_seq_len: int) -> tuple[pd.DataFrame, int]:
@@ -381,18 +383,24 @@ class _Funnel:
             self.dropped[what][reason] = self.dropped[what].get(reason, 0) + int(count)
 
     def step(self, name: str, df: pd.DataFrame, items: int | None = None) -> None:
+        """Record the counts after step `name`; users (and items, when counted from the
+        interactions) that disappeared since the previous step are dropped by this one."""
         row = {
             "step": name,
             "users": int(df["user_id"].nunique()),
-            "items": int(df["item_id"].nunique()) if items is None else items,
+            "items": int(df["item_id"].nunique()) if items is None else int(items),
             "interactions": int(len(df)),
         }
-        if self.rows and name not in ("item filters",):
+        if self.rows:
             prev = self.rows[-1]
             self.add("users", name, prev["users"] - row["users"])
-            if items is None and prev["step"] != "item filters":
+            if items is None and prev.get("items_from_interactions"):
                 self.add("items", name, prev["items"] - row["items"])
+        row["items_from_interactions"] = items is None
         self.rows.append(row)
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "items_from_interactions"} for r in self.rows]
 
 
 def prepare(raw: RawData, cfg: DataConfig, seed: int = 42) -> Prepared:
@@ -420,14 +428,12 @@ def prepare(raw: RawData, cfg: DataConfig, seed: int = 42) -> Prepared:
     inter["rating"] = pd.to_numeric(inter["rating"], errors="coerce").astype(np.float64)
     if official:
         inter["split"] = inter["split"].astype(str)
-    f.step("loaded", inter)
+    f.step("loaded", inter, items=len(raw.items))
 
     # 1-2 items and interactions of dropped / unknown items
     items, item_drops = filter_items(raw.items, cfg)
     for reason, n in item_drops.items():
         f.add("items", reason, n)
-    f.rows.append({"step": "item filters", "users": f.rows[-1]["users"], "items": len(items),
-                   "interactions": len(inter)})
     inter, drops = drop_unknown_items(inter, items["item_id"], raw.items["item_id"])
     for reason, n in drops.items():
         f.add("interactions", reason, n)
@@ -526,8 +532,10 @@ def prepare(raw: RawData, cfg: DataConfig, seed: int = 42) -> Prepared:
         "seed": seed,
         "loader_skipped": dict(raw.skipped),
         "dropped": f.dropped,
-        "funnel": f.rows,
-        "pairs": {str(k): int(v) for k, v in pairs.groupby("kind")["count"].size().items()},
+        "funnel": f.table(),
+        "pairs": {
+            str(k): {"pairs": int(len(g)), "count": int(g["count"].sum())} for k, g in pairs.groupby("kind")
+        },
         "ids": "item_id: order of the loader's item table; user_id: first appearance in the interactions",
         "metrics": prepared.metrics(),
     }
@@ -551,9 +559,10 @@ def plot_distributions(prepared: Prepared, path: Path | str) -> Path:
     pop = np.sort(np.bincount(prepared.interactions["item_id"].to_numpy(dtype=np.int64),
                               minlength=prepared.n_items))[::-1]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.hist(lengths, bins=min(50, max(1, int(lengths.max()) - int(lengths.min()) + 1)) if len(lengths) else 1)
-    a.set(title=f"sequence length ({len(lengths):,} users, mean {lengths.mean():.1f})" if len(lengths) else
-          "sequence length", xlabel="items per user", ylabel="users")
+    if len(lengths):
+        a.hist(lengths, bins=min(50, int(lengths.max()) - int(lengths.min()) + 1))
+    mean = f", mean {lengths.mean():.1f}" if len(lengths) else ""
+    a.set(title=f"sequence length ({len(lengths):,} users{mean})", xlabel="items per user", ylabel="users")
     a.set_yscale("log")
     ranks = np.arange(1, len(pop) + 1)
     nz = pop > 0
