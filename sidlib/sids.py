@@ -714,3 +714,57 @@ class SidTable:
         if not table.df["sid"].astype(str).equals(df["sid"].astype(str)):
             raise SidError(f"{folder}: the sid column does not match the codes under the manifest's scheme")
         return table
+
+
+# --------------------------------------------------------------------------- stage 05 entry point
+
+
+def build_table(
+    items: pd.DataFrame,
+    codes: np.ndarray | None,
+    codebook_size: int,
+    import_path: str | Path | None = None,
+    dedup_codebook_size: int = 0,
+) -> tuple[SidTable, dict[str, Any]]:
+    """The SID table of stage 05 and its metrics.
+
+    Either the tokenizer's codes [N, L] get a last level that makes every item unique (index
+    within its collision group), or an external index (LC-Rec index.json, or a parquet/CSV of
+    codes) is imported as is — it must already be unique. Row i of `items` is item i.
+    """
+    if import_path:
+        path = Path(import_path)
+        if path.suffix == ".json":
+            full, scheme = import_lcrec_index(path, items["source_id"].astype(str).tolist())
+        else:
+            full, scheme = import_codes_table(path, items["item_id"].tolist())
+        before = collision_stats(full)
+        dedup_max = 0
+    else:
+        if codes is None:
+            raise SidError("no tokenizer codes and no sids.import_path: run 04-rqvae or set an import path")
+        codes = _as_codes(codes)
+        if len(codes) != len(items):
+            raise SidError(f"{len(codes)} code rows for {len(items)} items: the codes come from another item table")
+        before = collision_stats(codes)
+        # 0 = auto: the tokenizer's K, grown to the largest collision group when that is larger
+        # (small catalogs with small K); an explicit size is a hard limit.
+        k_last = dedup_codebook_size or max(codebook_size, before["max_group"])
+        full = add_dedup_level(codes, k_last)
+        scheme = SidScheme([codebook_size] * codes.shape[1] + [k_last])
+        dedup_max = int(full[:, -1].max()) if len(full) else 0
+    table = SidTable.build(full, scheme, titles=items["title"].tolist(), item_ids=items["item_id"].tolist())
+    unique_after = len(np.unique(table.codes, axis=0))
+    if unique_after != len(items):
+        raise SidError(f"only {unique_after} unique SIDs for {len(items)} items")
+    metrics = {
+        "items": len(items),
+        "levels": scheme.levels,
+        "codebook_sizes": list(scheme.codebook_sizes),
+        "unique_after_dedup": unique_after,
+        "dedup_level_max": dedup_max,
+        "unique_before_dedup": before["unique_ratio"],
+        "max_collision_before_dedup": before["max_group"],
+        "source": "import" if import_path else "tokenizer",
+    }
+    return table, metrics
