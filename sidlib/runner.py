@@ -30,6 +30,7 @@ class Stage:
     key: str  # summary.json key
     sections: tuple[str, ...]  # config sections whose values the outputs depend on
     reads: tuple[str, ...] = ()  # earlier stages whose outputs it reads
+    external: tuple[str, ...] = ()  # config keys naming input files/folders outside artifacts/
 
     @property
     def number(self) -> int:
@@ -43,11 +44,11 @@ class Stage:
 
 # The whole chain. A stage whose notebook does not exist yet is left out of a run.
 STAGES: list[Stage] = [
-    Stage("01-prep", "prep", ("data",)),
+    Stage("01-prep", "prep", ("data",), external=("data.path",)),
     Stage("02-clean", "clean", ("clean",), ("01-prep",)),
     Stage("03-embed", "embed", ("embed",), ("02-clean",)),
     Stage("04-rqvae", "rqvae", ("rqvae",), ("03-embed",)),
-    Stage("05-sids", "sids", ("sids",), ("02-clean", "04-rqvae")),
+    Stage("05-sids", "sids", ("sids",), ("02-clean", "04-rqvae"), external=("sids.import_path",)),
 ]
 
 
@@ -88,9 +89,12 @@ def _hash_file(path: Path) -> str:
 
 
 def outputs_hash(folder: Path) -> str:
-    """Cheap fingerprint of a stage folder: names, sizes and mtimes (weights can be GBs)."""
+    """Cheap fingerprint of a stage folder (or one file): names, sizes and mtimes (weights can be GBs)."""
     h = hashlib.sha256()
-    if folder.exists():
+    if folder.is_file():
+        st = folder.stat()
+        h.update(f"{folder.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    elif folder.exists():
         for p in sorted(folder.rglob("*")):
             if p.is_file() and p.name != MANIFEST:
                 st = p.stat()
@@ -109,6 +113,11 @@ def fingerprint(stage: Stage, cfg: config_mod.Config) -> dict[str, Any]:
     for up in stage.reads:
         m = _read_manifest(cfg.profile, up)
         inputs[up] = m["outputs"] if m else None
+    for key in stage.external:  # an edited input file outside artifacts/ must rerun the stage
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value:
+            inputs[key] = outputs_hash(paths.resolve_data_path(value))
     return {
         "notebook": _hash_file(stage.notebook),
         "params": cfg.section_hash(*stage.sections),

@@ -1,0 +1,229 @@
+"""Constrained beam search for SID generative retrieval (TIGER / NVIDIA SID-GR style).
+
+Two parts:
+
+* `CodeTrie`: the prefix trie of the existing items' code tuples as dense tensors, one
+  transition table per level: `child[l][p, c]` is the index of the level-(l+1) prefix reached
+  from level-l prefix `p` by code `c` (-1: no item has that prefix); on the last level it is
+  the item id. Masks for a whole batch of beams are one gather (`child[l][p] >= 0`), no
+  Python loop over the vocabulary. The tables are int32 and dense: sum_l P_l * K_l entries
+  (P_l = number of distinct prefixes of length l), e.g. 4,344 items x (16,16,16,K_dedup)
+  -> a few hundred KB; 1M items x 3 x 256 (+ a dedup level) -> a few hundred MB at worst.
+* `beam_search`: exactly L+1 steps (one per code level), beam width B, accumulated
+  log-probs, batched over users, constrained by the trie. When B exceeds the number of
+  valid continuations all of them are kept (the beam is trimmed to the largest number of
+  prefixes that can exist at that level, the remaining slots are dead: score -inf).
+
+Three decoding modes (`cache=`):
+
+* "none":   recompute the whole sequence (history + decoded codes) for every beam at every
+  step. The reference; O(steps x beams x history) work.
+* "expand": the usual LLM-style KV cache: prefill the history once, copy its cache to every
+  beam, feed one new token per beam per step, reindex the whole cache by the surviving
+  beams' parents after each step.
+* "shared" (default): prefill once and keep ONE history cache per user that all its beams
+  attend to (batched matmul, beams act like the query heads of grouped-query attention);
+  only the <= L decoded tokens get a per-beam cache, and only that small cache is
+  reindexed. Same numbers as "expand" without copying B x history keys/values per user.
+
+The model side is a small protocol (see `sidlib.models.sid_gr.SidGR`): `n_levels`,
+`build_prompt`, `prefill`, `level_logprobs`, `forward_decoded` (no cache), `decode_step` +
+`reindex_beam_cache` (shared), `decode_flat` + `reindex_flat_cache` (expand).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+CACHE_MODES = ("shared", "expand", "none")
+
+
+class TrieError(ValueError):
+    """Codes that cannot form a prefix trie of items (duplicates, out of range)."""
+
+
+class CodeTrie:
+    """Prefix trie over the item code tuples, as dense per-level transition tables.
+
+    codes: [n_items, n_levels] ints, row i = the code tuple of item i (item id = row index).
+    sizes: codebook size per level (default: max code + 1 per level).
+    """
+
+    def __init__(self, codes: np.ndarray | torch.Tensor, sizes: Sequence[int] | None = None):
+        codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
+            raise TrieError(f"codes must be a non-empty [n_items, n_levels] array, got shape {codes.shape}")
+        codes = codes.astype(np.int64)
+        n, d = codes.shape
+        if sizes is None:
+            sizes = (codes.max(axis=0) + 1).tolist()
+        sizes = [int(k) for k in sizes]
+        if len(sizes) != d:
+            raise TrieError(f"{d} code levels but {len(sizes)} codebook sizes")
+        if (codes < 0).any() or (codes >= np.asarray(sizes)[None, :]).any():
+            bad = np.argwhere((codes < 0) | (codes >= np.asarray(sizes)[None, :]))[0]
+            raise TrieError(f"code out of range: item {bad[0]} level {bad[1]} = {codes[bad[0], bad[1]]} (size {sizes[bad[1]]})")
+        self.n_items, self.n_levels, self.sizes = n, d, sizes
+        # prefix ids per level: pid[l][i] = index of codes[i, :l] among the distinct length-l prefixes
+        pids = [np.zeros(n, dtype=np.int64)]
+        for l in range(1, d + 1):
+            _, inv = np.unique(codes[:, :l], axis=0, return_inverse=True)
+            pids.append(inv.reshape(-1))
+        n_full = int(pids[d].max()) + 1
+        if n_full != n:
+            _, first, counts = np.unique(pids[d], return_index=True, return_counts=True)
+            dup = int(first[counts > 1][0])
+            raise TrieError(f"{n - n_full} items share their full code tuple with another item (e.g. item {dup}: {codes[dup].tolist()})")
+        self.n_prefixes = [int(p.max()) + 1 for p in pids]  # P_0 = 1, ..., P_d = n_items
+        child = []
+        for l in range(d):
+            table = np.full((self.n_prefixes[l], sizes[l]), -1, dtype=np.int32)
+            table[pids[l], codes[:, l]] = np.arange(n) if l == d - 1 else pids[l + 1]
+            child.append(torch.from_numpy(table))
+        self.child: list[torch.Tensor] = child
+        self.codes = torch.from_numpy(codes)
+
+    # ---- device -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.child[0].device
+
+    def to(self, device: torch.device | str) -> "CodeTrie":
+        device = torch.device(device)
+        if self.device != device:
+            self.child = [t.to(device) for t in self.child]
+            self.codes = self.codes.to(device)
+        return self
+
+    # ---- vectorised lookups ---------------------------------------------------------------
+    def allowed_mask(self, level: int, prefix_ids: torch.Tensor) -> torch.Tensor:
+        """[...] prefix indices at `level` (-1 = dead) -> [..., K_level] bool: valid next codes."""
+        nxt = self.child[level][prefix_ids.clamp(min=0)]
+        return (nxt >= 0) & (prefix_ids >= 0).unsqueeze(-1)
+
+    def step(self, level: int, prefix_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Next prefix index (item id on the last level) for each (prefix, code); -1 if none."""
+        nxt = self.child[level][prefix_ids.clamp(min=0), codes].long()
+        return torch.where(prefix_ids >= 0, nxt, torch.full_like(nxt, -1))
+
+    # ---- Python conveniences (tests, demos) ------------------------------------------------
+    def _walk(self, prefix: Sequence[int]) -> int:
+        p = 0
+        for l, c in enumerate(prefix):
+            if l >= self.n_levels or not 0 <= int(c) < self.sizes[l]:
+                return -1
+            p = int(self.child[l][p, int(c)])
+            if p < 0:
+                return -1
+        return p
+
+    def allowed(self, prefix: Sequence[int]) -> list[int]:
+        """Codes that extend `prefix` towards an existing item ([] for a full or unknown prefix)."""
+        if len(prefix) >= self.n_levels:
+            return []
+        p = self._walk(prefix)
+        if p < 0:
+            return []
+        return torch.nonzero(self.child[len(prefix)][p] >= 0).flatten().tolist()
+
+    def is_item(self, codes: Sequence[int]) -> bool:
+        return len(codes) == self.n_levels and self._walk(codes) >= 0
+
+    def item_of(self, codes: Sequence[int]) -> int | None:
+        return self._walk(codes) if self.is_item(codes) else None
+
+
+@dataclass
+class BeamResult:
+    """items[u, j]: the j-th best item for user u (-1 = fewer valid items than asked);
+    scores[u, j]: its accumulated log-prob (-inf for padding), descending along j."""
+
+    items: torch.Tensor
+    scores: torch.Tensor
+
+
+@torch.no_grad()
+def beam_search(
+    model: Any,
+    histories: Sequence[Sequence[int]],
+    trie: CodeTrie,
+    beam: int = 20,
+    topk: int | None = None,
+    cache: str = "shared",
+    batch_users: int = 256,
+) -> BeamResult:
+    """Top-`topk` (default: `beam`) existing items per history, by constrained beam search.
+
+    histories: item-id lists (chronological). The model truncates them from the left to its
+    history length and raises on an empty one. Users are processed `batch_users` at a time.
+    """
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    if beam < 1:
+        raise ValueError(f"beam width must be >= 1, got {beam}")
+    if trie.n_levels != model.n_levels:
+        raise ValueError(f"trie has {trie.n_levels} levels, the model {model.n_levels}")
+    topk = beam if topk is None else int(topk)
+    items_out, scores_out = [], []
+    for start in range(0, len(histories), batch_users):
+        r = _beam_batch(model, histories[start : start + batch_users], trie, beam, cache)
+        items, scores = r.items, r.scores
+        if items.shape[1] < topk:  # fewer beams than asked: pad
+            pad = topk - items.shape[1]
+            items = torch.cat([items, items.new_full((items.shape[0], pad), -1)], 1)
+            scores = torch.cat([scores, scores.new_full((scores.shape[0], pad), float("-inf"))], 1)
+        items_out.append(items[:, :topk])
+        scores_out.append(scores[:, :topk])
+    if not items_out:
+        raise ValueError("beam_search: no histories given")
+    return BeamResult(torch.cat(items_out), torch.cat(scores_out))
+
+
+def _beam_batch(model: Any, histories: Sequence[Sequence[int]], trie: CodeTrie, beam: int, cache: str) -> BeamResult:
+    device = next(model.parameters()).device
+    trie.to(device)
+    d = model.n_levels
+    prompt = model.build_prompt(histories)
+    n_users = prompt.tokens.shape[0]
+    hidden, pcache = model.prefill(prompt)  # hidden at the final <BOS>: [U, H]
+    hidden = hidden.unsqueeze(1)  # [U, 1 beam, H]
+    scores = hidden.new_zeros(n_users, 1)
+    prefix = torch.zeros(n_users, 1, dtype=torch.long, device=device)  # level-0 prefix: the root
+    decoded = torch.zeros(n_users, 1, 0, dtype=torch.long, device=device)  # codes so far per beam
+    bcache = None  # per-beam cache ("shared": decoded tokens only; "expand": everything)
+    for level in range(d):
+        if level > 0:
+            last = decoded[:, :, -1]  # [U, nb]: the code chosen at level-1, fed now
+            if cache == "none":
+                hidden = model.forward_decoded(prompt, decoded)
+            elif cache == "shared":
+                hidden, bcache = model.decode_step(last, level - 1, pcache, bcache)
+            else:  # expand: flat batch of U*nb sequences, each with its own full cache
+                nb = last.shape[1]
+                h, bcache = model.decode_flat(last.reshape(-1), level - 1, bcache)
+                hidden = h.reshape(n_users, nb, -1)
+        logp = model.level_logprobs(hidden, level)  # [U, nb, K]
+        k_l = logp.shape[-1]
+        mask = trie.allowed_mask(level, prefix)  # [U, nb, K]
+        cand = (scores.unsqueeze(-1) + logp).masked_fill(~mask, float("-inf"))
+        nb_old = cand.shape[1]
+        # keep at most: the beam, the candidates, the number of prefixes that exist at level+1
+        nb_new = min(beam, nb_old * k_l, trie.n_prefixes[level + 1])
+        scores, flat = cand.reshape(n_users, -1).topk(nb_new, dim=1)
+        parent, code = flat // k_l, flat % k_l
+        prefix = trie.step(level, prefix.gather(1, parent), code)
+        prefix = torch.where(torch.isfinite(scores), prefix, torch.full_like(prefix, -1))
+        decoded = torch.cat([decoded.gather(1, parent.unsqueeze(-1).expand(-1, -1, decoded.shape[2])), code.unsqueeze(-1)], 2)
+        if level < d - 1:
+            if cache == "shared" and bcache is not None:
+                bcache = model.reindex_beam_cache(bcache, parent)
+            elif cache == "expand":
+                base = pcache if bcache is None else bcache
+                nb_base = 1 if bcache is None else nb_old
+                flat_parent = (torch.arange(n_users, device=device).unsqueeze(1) * nb_base + parent).reshape(-1)
+                bcache = model.reindex_flat_cache(base, flat_parent)
+    items = torch.where(torch.isfinite(scores), prefix, torch.full_like(prefix, -1))
+    return BeamResult(items, scores)
