@@ -109,6 +109,10 @@ class TokenizerConfig:
     kmeans_init: bool = True
     dead_code_reset_every: int = 2  # steps between resets of unused codes (0 = never)
     device: str = "auto"
+    kmeans_n_init: int = 10  # k-means restarts: RQ-VAE codebook init and RQ-KMeans levels
+    kmeans_init_samples: int = 65536  # RQ-VAE init: k-means on this many random items (all if fewer)
+    dead_code_reset_until: float = 0.9  # share of training steps after which resets stop
+    standardize: bool = True  # RQ-VAE works on per-dimension standardised vectors (see rqvae.py)
 
 
 @dataclass
@@ -118,7 +122,50 @@ class SidConfig:
     # "" = use the 04 tokenizer's codes; else a path (see DataConfig.path) to an LC-Rec
     # index.json or a parquet/CSV of codes per item
     import_path: str = ""
-    dedup_codebook_size: int = 0  # K of the extra level (0 = the tokenizer's codebook size)
+    dedup_codebook_size: int = 0  # K of the extra level (0 = auto: max(tokenizer K, largest collision group))
+
+
+@dataclass
+class BaselineConfig:
+    """07-baselines: SASRec on item IDs, SID-SASRec on SIDs, SID-GR; the shared evaluation."""
+
+    # SASRec (Kang & McAuley 2018); the seed's settings: hidden 64, 2 blocks, 1 head, dropout 0.2
+    max_len: int = 50  # history items the models see (longer histories keep the most recent)
+    hidden: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    # ce = softmax over all items (Klenitskiy & Vasilev 2023, stronger) | bce = the original
+    # binary loss with `negatives` uniformly sampled negatives per position
+    loss: str = "ce"
+    negatives: int = 1
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10  # evaluations without a better valid NDCG@10 before stopping
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    # evaluation protocol (sidlib.metrics): 0 = full ranking; N = target vs N sampled negatives
+    sampled_negatives: int = 0
+    exclude_history: bool = False
+    cold_threshold: int = 5  # the cold slice: targets with <= this many training occurrences
+    device: str = "auto"
+    # SID-SASRec (the seed: input 128, 4 blocks)
+    sid_hidden: int = 128
+    sid_blocks: int = 4
+    sid_heads: int = 2
+    # SID-GR
+    gr_hidden: int = 128
+    gr_layers: int = 4
+    gr_heads: int = 4
+    gr_beam: int = 20
+    gr_loss_items: int = 1
+    gr_shared_head: bool = True
+    gr_epochs: int = 30  # SID-GR trains on every prefix (TIGER-style augmentation): fewer epochs
+    gr_max_items: int = 20  # history items in the prompt (the NVIDIA example uses 30)
+    gr_dropout: float = 0.1
+    gr_patience: int = 3
 
 
 @dataclass
@@ -131,6 +178,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     rqvae: TokenizerConfig = field(default_factory=TokenizerConfig)
     sids: SidConfig = field(default_factory=SidConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of some sections: what a stage's outputs depend on (runner manifest)."""

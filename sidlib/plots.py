@@ -44,3 +44,12 @@ def curves(history: Mapping[str, Sequence[float]], path: Path | str, xlabel: str
     ax.set_xlabel(xlabel)
     ax.legend()
     return save(fig, path)
+
+
+def bars(frame, path: Path | str, title: str = "") -> Path:
+    """Grouped bars: one group per row (model), one bar per column (metric)."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(frame)), 3.8))
+    frame.astype(float).plot.bar(ax=ax, rot=0)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save(fig, path)

@@ -49,6 +49,7 @@ STAGES: list[Stage] = [
     Stage("03-embed", "embed", ("embed",), ("02-clean",)),
     Stage("04-rqvae", "rqvae", ("rqvae",), ("03-embed",)),
     Stage("05-sids", "sids", ("sids",), ("02-clean", "04-rqvae"), external=("sids.import_path",)),
+    Stage("07-baselines", "baselines", ("baselines",), ("01-prep", "05-sids")),
 ]
 
 
