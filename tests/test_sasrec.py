@@ -50,14 +50,17 @@ def title_codes(items: dict, k: int = 32, levels: int = 2) -> np.ndarray:
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    from threadpoolctl import threadpool_limits
+
     titles = [items[str(i)]["title"] for i in range(len(items))]
-    x = TruncatedSVD(64, random_state=0).fit_transform(TfidfVectorizer(min_df=2).fit_transform(titles))
-    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-9
     codes = []
-    for level in range(levels):
-        km = KMeans(k, n_init=1, random_state=level).fit(x)
-        codes.append(km.labels_)
-        x = x - km.cluster_centers_[km.labels_]
+    with threadpool_limits(1):  # shared cores: BLAS / OpenMP oversubscription is the slow part
+        x = TruncatedSVD(64, random_state=0).fit_transform(TfidfVectorizer(min_df=2).fit_transform(titles))
+        x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-9
+        for level in range(levels):
+            km = KMeans(k, n_init=1, random_state=level).fit(x)
+            codes.append(km.labels_)
+            x = x - km.cluster_centers_[km.labels_]
     codes = np.stack(codes, 1).astype(np.int64)
     _, group = np.unique(codes, axis=0, return_inverse=True)
     dedup = np.zeros(len(codes), np.int64)
@@ -257,3 +260,11 @@ def test_baseline_config_section():
     b = config.Config().baselines
     assert (b.max_len, b.hidden, b.blocks, b.heads, b.dropout, b.sid_hidden, b.sid_blocks) == (50, 64, 2, 1, 0.2, 128, 4)
     assert (b.gr_hidden, b.gr_layers, b.gr_heads, b.gr_beam, b.gr_loss_items, b.gr_shared_head) == (128, 4, 4, 20, 1, True)
+
+
+def test_evaluate_split_leaves_out_users_without_history():
+    sp = pd.DataFrame({"user_id": [0, 1, 2], "train": [[0, 1], [], [2, 3]], "valid": [2, 1, 0], "test": [3, 2, 1]})
+    cfg = BaselineConfig(hidden=8, blocks=1, device="cpu")
+    res = SR.evaluate_split(SR.SASRec(4, hidden=8, blocks=1), sp, "valid", cfg)
+    assert res["n_users"] == 2 and res["skipped_empty_history"] == 1
+    assert SR.evaluate_split(SR.SASRec(4, hidden=8, blocks=1), sp, "test", cfg)["skipped_empty_history"] == 0

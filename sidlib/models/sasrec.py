@@ -211,19 +211,28 @@ def evaluate_split(
     model: SequentialModel, split: pd.DataFrame, which: str, cfg: BaselineConfig, train_counts: np.ndarray | None = None,
     seed: int = 0, return_ranks: bool = False,
 ) -> dict[str, Any]:
-    """sidlib.metrics report of `model` on split `which` ("valid" | "test") under cfg's protocol."""
+    """sidlib.metrics report of `model` on split `which` ("valid" | "test") under cfg's protocol.
+
+    Samples with an empty history (possible with official splits: a user with no train row)
+    cannot be scored by a sequential model; they are left out and counted in
+    "skipped_empty_history" (the same users SID-GR leaves out).
+    """
     if train_counts is None:
         train_counts = S.item_train_counts(split, model.n_items)
+    samples = S.samples(split, which)
+    empty = samples["history"].map(len).to_numpy() == 0
+    samples = samples[~empty].reset_index(drop=True)
     was_training = model.training
     model.eval()
     try:
         res = metrics.evaluate_model(
-            model.score, S.samples(split, which), model.n_items, cfg.eval_batch_size,
+            model.score, samples, model.n_items, cfg.eval_batch_size,
             exclude_history=cfg.exclude_history, sampled=cfg.sampled_negatives, seed=seed,
             train_counts=train_counts, cold_threshold=cfg.cold_threshold, return_ranks=return_ranks,
         )
     finally:
         model.train(was_training)
+    res["skipped_empty_history"] = int(empty.sum())
     return res
 
 
