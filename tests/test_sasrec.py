@@ -94,8 +94,9 @@ def test_pad_left_truncates_from_the_left_and_rejects_empty_histories():
 
 def test_training_arrays_and_length_batches():
     inp, tgt = SR.training_arrays([[1, 2, 3], [5], [0, 1, 2, 3, 4, 5]], max_len=3)
-    # the 1-item sequence gives no pair; the long one keeps its last max_len + 1 items
-    assert inp.tolist() == [[0, 2, 3], [3, 4, 5]] and tgt.tolist() == [[0, 3, 4], [4, 5, 6]]
+    # the 1-item sequence gives no pair; the long one is cut into windows of max_len + 1 from its end
+    assert inp.tolist() == [[0, 2, 3], [3, 4, 5], [0, 1, 2]]
+    assert tgt.tolist() == [[0, 3, 4], [4, 5, 6], [0, 2, 3]]
     lengths = np.array([1, 5, 2, 9, 3, 3, 7, 1, 2, 4, 6])
     batches = SR.length_batches(lengths, 3, np.random.default_rng(0), pool=2)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
@@ -268,3 +269,15 @@ def test_evaluate_split_leaves_out_users_without_history():
     res = SR.evaluate_split(SR.SASRec(4, hidden=8, blocks=1), sp, "valid", cfg)
     assert res["n_users"] == 2 and res["skipped_empty_history"] == 1
     assert SR.evaluate_split(SR.SASRec(4, hidden=8, blocks=1), sp, "test", cfg)["skipped_empty_history"] == 0
+
+
+def test_training_arrays_cover_every_transition_of_long_sequences():
+    from collections import Counter
+
+    from sidlib.models.sasrec import training_arrays
+
+    seqs = [list(range(10, 130)), [3, 4], [7]]  # 120 items: longer than max_len + 1
+    inp, tgt = training_arrays(seqs, max_len=50)
+    pairs = Counter((int(a), int(b)) for a, b in zip(inp.ravel(), tgt.ravel()) if a and b)
+    want = Counter((s[i] + 1, s[i + 1] + 1) for s in seqs for i in range(len(s) - 1))
+    assert pairs == want  # each transition exactly once; a 1-item sequence gives none

@@ -72,17 +72,24 @@ def pad_left(histories: Sequence[Sequence[int]], max_len: int, n_items: int | No
 def training_arrays(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Seq-to-seq pairs: inputs [N, max_len], targets [N, max_len] as tokens (item + 1, 0 = none).
 
-    For each sequence s with >= 2 items, the last max_len + 1 items give inputs s[:-1] and
-    targets s[1:], left-aligned to the right edge.
+    A sequence longer than max_len + 1 is cut, from its end, into windows of max_len + 1 items
+    overlapping by one, so every transition a -> b of the sequence is a training target exactly
+    once (keeping only the last window would throw away most of a long history, e.g. the
+    ~100-item MovieLens users). Each window gives inputs w[:-1] and targets w[1:], right-aligned.
     """
-    seqs = [s for s in sequences if len(s) >= 2]
-    inp = np.zeros((len(seqs), max_len), dtype=np.int64)
-    tgt = np.zeros((len(seqs), max_len), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        tail = np.asarray(s[-(max_len + 1) :], dtype=np.int64) + 1
-        n = len(tail) - 1
-        inp[i, max_len - n :] = tail[:-1]
-        tgt[i, max_len - n :] = tail[1:]
+    windows = []
+    for s in sequences:
+        s = np.asarray(s, dtype=np.int64) + 1
+        end = len(s)
+        while end >= 2:
+            windows.append(s[max(0, end - max_len - 1):end])
+            end -= max_len
+    inp = np.zeros((len(windows), max_len), dtype=np.int64)
+    tgt = np.zeros((len(windows), max_len), dtype=np.int64)
+    for i, w in enumerate(windows):
+        n = len(w) - 1
+        inp[i, max_len - n:] = w[:-1]
+        tgt[i, max_len - n:] = w[1:]
     return inp, tgt
 
 
