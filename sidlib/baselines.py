@@ -6,6 +6,10 @@ samples of `sidlib.split` (history = train + valid item, target = last item), bo
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -74,6 +78,20 @@ def run_sid_gr(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log) ->
     return out
 
 
+def _fresh_checkpoints(folder: Path, fingerprint: dict[str, Any]) -> None:
+    """Resume only what the same settings and data started: otherwise clear the checkpoints.
+
+    A checkpoint left by a run with other hyper-parameters or another split would otherwise be
+    "resumed" (or taken as already finished) and silently report the old model.
+    """
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stamp = folder / "fingerprint.txt"
+    if folder.exists() and (not stamp.exists() or stamp.read_text() != key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+
+
 def run_all(
     split: pd.DataFrame,
     codes: np.ndarray,
@@ -94,8 +112,15 @@ def run_all(
     if unknown:
         raise ValueError(f"unknown baseline(s) {sorted(unknown)}; known: {MODELS}")
     n_items = int(np.asarray(codes).shape[0])
+    data_key = hashlib.sha256(
+        np.ascontiguousarray(np.asarray(codes)).tobytes()
+        + json.dumps(split[["train", "valid", "test"]].map(str).to_numpy().tolist()).encode()
+    ).hexdigest()[:16]
     reports: dict[str, dict[str, Any]] = {}
     for name in models:
+        if name != "popularity":
+            _fresh_checkpoints(Path(out_dir) / f"ckpt_{name}",
+                               {"cfg": dataclasses.asdict(cfg), "seed": seed, "data": data_key})
         t0 = time.perf_counter()
         if name == "popularity":
             reports[name] = run_popularity(split, n_items, cfg)

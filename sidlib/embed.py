@@ -213,3 +213,19 @@ def pca_plot(emb: np.ndarray, labels: Sequence[str], path: Path | str, title: st
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def category_labels(categories: Sequence[Sequence[str]]) -> list[str]:
+    """One label per item for plots: the first category level at which items differ.
+
+    Amazon paths start with the store root ("Industrial & Scientific" for every item), which
+    would colour everything the same; MovieLens genres differ at the first level already.
+    """
+    cats = [list(c) if c is not None else [] for c in categories]
+    depth = 0
+    while True:
+        level = {c[depth] for c in cats if len(c) > depth}
+        if len(level) != 1 or depth > 4:
+            break
+        depth += 1
+    return [c[depth] if len(c) > depth else (c[-1] if c else "") for c in cats]

@@ -1,4 +1,4 @@
-"""Stages 03-05 through the runner on smoke: embeddings, tokenizer, SIDs, and an imported index."""
+"""Stages 03-07 through the runner on smoke: embeddings, tokenizer, SIDs, an imported index, baselines."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,15 @@ from sidlib import paths, runner, sids, summary
 
 def test_smoke_embed_tokenize_sids(tmp_roots):
     lines: list[str] = []
-    assert runner.run("smoke", "01-05", echo=lines.append) == 0, lines
+    assert runner.run("smoke", "01-07", echo=lines.append) == 0, lines
     st = summary.load("smoke")["stages"]
+
+    base = st["baselines"]["metrics"]
+    assert set(base) == {"popularity", "sasrec", "sid_sasrec", "sid_gr"}
+    for name, m in base.items():
+        assert {"ndcg@10", "hit@10", "mrr", "train_seconds", "ms_per_user"} <= set(m), name
+        assert m["n_users"] == st["prep"]["metrics"]["test_users"], name  # the same test users
+    assert base["sid_gr"]["beam"] == 20
 
     emb = st["embed"]["metrics"]
     assert emb["dim"] == 384 and emb["items"] == st["prep"]["metrics"]["items"]
