@@ -358,3 +358,18 @@ def test_real_scientific_is_already_5core():
     # LC-Rec ids "0".."n-1" in file order: dense ids are the identity
     assert (p.items["source_id"].astype(int) == p.items["item_id"]).all()
     assert len(S.samples(p.split, "test")) == 8317
+
+
+def test_all_beauty_profile_keeps_the_official_split(shared_data):
+    from sidlib import config
+    from sidlib.data import load_raw
+    from sidlib.data import prep as P
+
+    cfg = config.load("all-beauty")
+    prepared = P.prepare(load_raw(cfg.data), cfg.data, seed=cfg.seed)
+    assert prepared.metrics()["users"] == 253 and prepared.metrics()["items"] == 356
+    assert prepared.metrics()["interactions"] == 2535
+    # the official test rows are the targets: every user has one, and it is their last event
+    inter = prepared.interactions
+    last = inter.groupby("user_id").tail(1).set_index("user_id")["item_id"]
+    assert (prepared.split.set_index("user_id")["test"] == last).all()
