@@ -4,7 +4,7 @@
                                    [--train-epochs 0] [--device cpu] [--max-items 20]
 
 Real SID-like codes: the 4,344 Amazon 2018 Scientific items, TF-IDF of titles -> SVD ->
-residual k-means 3 x 16 -> dedup level (4 levels, built as in tests/test_sid_gr.py). Model:
+residual k-means 3 x 16 -> dedup level (4 levels, the model tests' helper in tests/conftest.py). Model:
 the NVIDIA SID-GR example's size (hidden 128, 4 layers, 4 heads), random init by default
 (`--train-epochs N` trains it briefly first; decoding cost does not depend on the weights).
 Histories: the real valid histories (left-truncated to --max-items items).
@@ -39,10 +39,10 @@ from sidlib.models.sid_gr import SidGR, SidGRConfig, evaluate, fit  # noqa: E402
 
 
 def _codes_helper():
-    spec = importlib.util.spec_from_file_location("_test_sid_gr", REPO / "tests" / "test_sid_gr.py")
+    spec = importlib.util.spec_from_file_location("_test_codes", REPO / "tests" / "conftest.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.scientific_codes
+    return mod.title_codes
 
 
 def load_data(max_users: int | None = None):

@@ -40,35 +40,7 @@ def scientific(shared_data):
     items = json.loads((folder / "Scientific.item.json").read_text())
     counts = S.item_train_counts(sp, len(items))
     pop = M.evaluate_model(M.popularity_score_fn(counts), S.samples(sp, "valid"), len(items), 1024, train_counts=counts)
-    return {"split": sp, "items": items, "n_items": len(items), "counts": counts, "pop": pop}
-
-
-def title_codes(items: dict, k: int = 32, levels: int = 2) -> np.ndarray:
-    """Real SIDs for the tests: residual k-means (levels × k) on TF-IDF + SVD of the titles, plus
-    a dedup level (index inside each collision group, in item order)."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    from threadpoolctl import threadpool_limits
-
-    titles = [items[str(i)]["title"] for i in range(len(items))]
-    codes = []
-    with threadpool_limits(1):  # shared cores: BLAS / OpenMP oversubscription is the slow part
-        x = TruncatedSVD(64, random_state=0).fit_transform(TfidfVectorizer(min_df=2).fit_transform(titles))
-        x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-9
-        for level in range(levels):
-            km = KMeans(k, n_init=1, random_state=level).fit(x)
-            codes.append(km.labels_)
-            x = x - km.cluster_centers_[km.labels_]
-    codes = np.stack(codes, 1).astype(np.int64)
-    _, group = np.unique(codes, axis=0, return_inverse=True)
-    dedup = np.zeros(len(codes), np.int64)
-    seen: dict[int, int] = {}
-    for i, g in enumerate(group.reshape(-1)):
-        dedup[i] = seen.get(int(g), 0)
-        seen[int(g)] = dedup[i] + 1
-    return np.column_stack([codes, dedup])
+    return {"split": sp, "items": items, "n_items": len(items), "counts": counts, "pop": pop, "folder": folder}
 
 
 def small_split(sp: pd.DataFrame, n_users: int = 1500) -> pd.DataFrame:
@@ -244,7 +216,9 @@ def test_sid_sasrec_scores_are_exact_log_probs(monkeypatch):
 
 
 def test_sid_sasrec_learns_scientific_better_than_popularity(scientific):
-    codes = title_codes(scientific["items"])
+    from conftest import title_codes
+
+    codes, _ = title_codes(scientific["folder"] / "Scientific.item.json", levels=2, k=32)
     assert codes.shape == (scientific["n_items"], 3) and len(np.unique(codes, axis=0)) == len(codes)
     cfg = BaselineConfig(epochs=4, lr=3e-3, sid_hidden=64, sid_blocks=2, eval_every=4, device="cpu")
     torch.manual_seed(0)

@@ -26,39 +26,10 @@ torch.set_num_threads(1)
 # --------------------------------------------------------------------------- helpers
 
 def scientific_codes(item_json: Path, levels: int = 3, k: int = 16, dims: int = 64, seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    """Real semantic codes in ~1 s: TF-IDF of the titles -> TruncatedSVD -> residual k-means
-    (levels x k) -> a dedup level (index within the group sharing the first `levels` codes).
-    Returns (codes [n_items, levels+1] with row = item id, codebook sizes)."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from threadpoolctl import threadpool_limits
+    """Real semantic codes from the item titles (the shared test helper in conftest.py)."""
+    from conftest import title_codes
 
-    items = json.loads(Path(item_json).read_text())
-    titles = [(items[str(i)].get("title") or "") for i in range(len(items))]
-    x = TfidfVectorizer(min_df=2, sublinear_tf=True).fit_transform(titles)
-    with threadpool_limits(1):  # BLAS/OpenMP threads fighting torch's make SVD 20x slower
-        z = TruncatedSVD(dims, random_state=seed).fit_transform(x)
-        z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-9
-        residual, codes = z, []
-        for level in range(levels):
-            km = KMeans(k, n_init=1, random_state=seed + level).fit(residual)
-            codes.append(km.labels_.astype(np.int64))
-            residual = residual - km.cluster_centers_[km.labels_]
-    codes = np.stack(codes, 1)
-    try:
-        from sidlib.sids import add_dedup_level
-
-        full = add_dedup_level(codes, dedup_codebook_size=len(codes))
-    except ImportError:  # same rule, in row order
-        _, inv = np.unique(codes, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        order = np.argsort(inv, kind="stable")
-        rank = np.empty(len(codes), dtype=np.int64)
-        starts = np.flatnonzero(np.r_[True, inv[order][1:] != inv[order][:-1]])
-        rank[order] = np.arange(len(codes)) - np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
-        full = np.c_[codes, rank]
-    return full, [k] * levels + [int(full[:, -1].max()) + 1]
+    return title_codes(item_json, levels, k, dims, seed)
 
 
 def synthetic_codes(n: int, sizes=(8, 8, 8), seed: int = 0) -> tuple[np.ndarray, list[int]]:
