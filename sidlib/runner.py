@@ -49,7 +49,9 @@ STAGES: list[Stage] = [
     Stage("03-embed", "embed", ("embed",), ("02-clean",)),
     Stage("04-rqvae", "rqvae", ("rqvae",), ("03-embed",)),
     Stage("05-sids", "sids", ("sids",), ("02-clean", "04-rqvae"), external=("sids.import_path",)),
+    Stage("06-sft-data", "sft_data", ("sft", "llm"), ("01-prep", "02-clean", "05-sids")),
     Stage("07-baselines", "baselines", ("baselines",), ("01-prep", "05-sids")),
+    Stage("08-finetune", "finetune", ("finetune", "llm"), ("02-clean", "05-sids", "06-sft-data")),
 ]
 
 

@@ -146,6 +146,11 @@ class SidScheme:
             raise SidError(f"expected {self.levels} codes, got {len(codes)}: {codes}")
         return SID_START + "".join(self.token(l, c) for l, c in enumerate(codes)) + SID_END
 
+    def tokens_of(self, sid: str | Sequence[int] | np.ndarray) -> list[str]:
+        """The token strings of one SID (a SID string or its codes): start, L codes, end."""
+        codes = self.parse(sid) if isinstance(sid, str) else [int(c) for c in np.asarray(sid).reshape(-1)]
+        return [SID_START] + [self.token(l, c) for l, c in enumerate(codes)] + [SID_END]
+
     def format_many(self, codes: np.ndarray) -> list[str]:
         """Vectorised format of an [N, levels] array."""
         codes = np.asarray(codes, dtype=np.int64)
