@@ -26,6 +26,12 @@ def runs_root() -> Path:
     return Path(os.environ.get("SIDLIB_RUNS", REPO / "runs"))
 
 
+def models_cache() -> Path:
+    """Converted offline models (SmolLM2 GGUF -> HF folder). Not under SIDLIB_ARTIFACTS: tests
+    move the artifacts to temp folders but should convert the model once, not per test."""
+    return Path(os.environ.get("SIDLIB_MODELS", REPO / "artifacts" / "cache" / "models"))
+
+
 def profile_dir(profile: str) -> Path:
     return artifacts_root() / profile
 

