@@ -49,3 +49,42 @@ def title_codes(item_json, levels: int = 3, k: int = 16, dims: int = 64, seed: i
             residual = residual - km.cluster_centers_[km.labels_]
     full = add_dedup_level(np.stack(codes, 1), dedup_codebook_size=len(items))
     return full, [k] * levels + [int(full[:, -1].max()) + 1]
+
+
+@pytest.fixture(scope="session")
+def smoke_artifacts(tmp_path_factory):
+    """An artifacts root holding the smoke profile's stages 01-05, run once per session through
+    the runner (~25 s). Read-only for tests: copy it (`smoke_stages`) before writing a stage."""
+    from sidlib import runner
+
+    root = tmp_path_factory.mktemp("smoke-chain")
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:  # session scope: the function-scoped tmp_roots cannot serve
+        mp.setenv("SIDLIB_ARTIFACTS", str(root / "artifacts"))
+        mp.setenv("SIDLIB_RUNS", str(root / "runs"))
+        if runner.run("smoke", "01-05", echo=lines.append) != 0:
+            pytest.fail("smoke stages 01-05 failed:\n" + "\n".join(lines))
+    return root / "artifacts"
+
+
+@pytest.fixture
+def smoke_stages(smoke_artifacts, tmp_roots):
+    """tmp_roots with a private copy of smoke's 01-05 outputs (stage 07's inputs): the smoke
+    profile's artifact folder, ready for a test to run a later stage in."""
+    import shutil
+    from pathlib import Path
+
+    return Path(shutil.copytree(smoke_artifacts / "smoke", tmp_roots / "artifacts" / "smoke"))
+
+
+@pytest.fixture(scope="session")
+def scientific_sid_table(shared_data):
+    """A real SID table in ~1 s: Scientific's 4,344 titles -> title_codes (3 x 16 + dedup)."""
+    import pandas as pd
+
+    from sidlib.sids import SidScheme, SidTable
+
+    item_json = shared_data / "amazon2018-scientific" / "Scientific.item.json"
+    codes, sizes = title_codes(item_json, levels=3, k=16)
+    titles = pd.read_json(item_json, orient="index").sort_index()["title"].astype(str).tolist()
+    return SidTable.build(codes, SidScheme(sizes), titles)

@@ -13,17 +13,12 @@ import torch
 
 from sidlib import config
 from sidlib.llm import base, chat, train, vocab
-from sidlib.sids import SidScheme, SidTable
-
-from conftest import title_codes
+from sidlib.sids import SidTable
 
 
 @pytest.fixture(scope="module")
-def table(shared_data) -> SidTable:
-    item_json = shared_data / "amazon2018-scientific" / "Scientific.item.json"
-    codes, sizes = title_codes(item_json, levels=3, k=16)
-    titles = pd.read_json(item_json, orient="index").sort_index()["title"].astype(str).tolist()
-    return SidTable.build(codes, SidScheme(sizes), titles)
+def table(scientific_sid_table) -> SidTable:
+    return scientific_sid_table
 
 
 def conversations(table: SidTable, n: int = 40) -> pd.DataFrame:

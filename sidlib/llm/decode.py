@@ -1,0 +1,114 @@
+"""Decoding with SIDs: constrain every SID block to an existing item, and render SIDs as titles.
+
+`SidConstraint` is a transformers `LogitsProcessor`. Inside a `<|sid_start|> ... <|sid_end|>`
+block it allows only the code tokens that continue some item's SID (the dense prefix trie of
+`sidlib.models.beam.CodeTrie`: one gather per level for all rows), then only `<|sid_end|>`;
+outside blocks it leaves the scores alone, so free text is untouched. Rows are independent, so
+the same processor serves greedy, sampling and beam search (beams are rows), batched.
+
+`render` turns SIDs in generated text into titles for people: a known SID becomes its title,
+an unknown one its longest known prefix, marked, or "unknown SID" — never an exception.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from ..models.beam import CodeTrie
+from ..sids import SID_END, SID_START, SidTable
+from .vocab import sid_token_ids
+
+
+class SidConstraint(LogitsProcessor):
+    """Only existing items inside SID blocks; free text elsewhere."""
+
+    def __init__(self, tokenizer: Any, table: SidTable):
+        scheme = table.scheme
+        if not np.array_equal(table.item_ids, np.arange(len(table))):
+            raise ValueError("SidConstraint needs dense item ids 0..N-1 (the SID table of 05-sids)")
+        self.levels = scheme.levels
+        self.trie = CodeTrie(table.codes, scheme.codebook_sizes)
+        ids = torch.tensor(sid_token_ids(tokenizer, scheme), dtype=torch.long)
+        n_codes = scheme.num_code_tokens
+        self.start_id = int(tokenizer.convert_tokens_to_ids(SID_START))
+        self.end_id = int(tokenizer.convert_tokens_to_ids(SID_END))
+        code_ids = ids[:n_codes]
+        # token ids of each level's codes, and token id -> code within its level
+        self.level_ids = [code_ids[o : o + k] for o, k in zip(scheme.offsets, scheme.codebook_sizes)]
+        self.code_of = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
+        for o, k in zip(scheme.offsets, scheme.codebook_sizes):
+            self.code_of[code_ids[o : o + k]] = torch.arange(k)
+
+    def _state(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: codes generated since an unclosed <|sid_start|> (-1 = not in a block), and
+        the trie prefix index they reach (-1 = not a prefix of any item)."""
+        t = input_ids.shape[1]
+        pos = torch.arange(t, device=input_ids.device)
+        last_start = torch.where(input_ids == self.start_id, pos, -1).max(dim=1).values
+        last_end = torch.where(input_ids == self.end_id, pos, -1).max(dim=1).values
+        inside = last_start > last_end
+        depth = torch.where(inside, t - 1 - last_start, torch.full_like(last_start, -1))
+        prefix = torch.zeros_like(depth)
+        code_of = self.code_of.to(input_ids.device)
+        for level in range(int(depth.max().clamp(min=0))):  # <= L+1 steps, vectorised over rows
+            rows = depth > level
+            tok = input_ids[torch.arange(len(depth), device=input_ids.device), (last_start + 1 + level).clamp(max=t - 1)]
+            code = code_of[tok.clamp(max=len(code_of) - 1)]
+            code = torch.where(tok < len(code_of), code, torch.full_like(code, -1))
+            if level < self.levels:
+                ok = rows & (prefix >= 0) & (code >= 0)
+                nxt = self.trie.step(level, torch.where(ok, prefix, -1), code.clamp(min=0))
+                prefix = torch.where(rows, torch.where(ok, nxt, -1), prefix)
+            else:
+                prefix = torch.where(rows, -1, prefix)  # more codes than levels
+        return depth, prefix
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.trie.to(scores.device)
+        depth, prefix = self._state(input_ids)
+        if (depth < 0).all():
+            return scores
+        banned = torch.zeros_like(scores, dtype=torch.bool)
+        inside = depth >= 0
+        banned[inside] = True
+        for level in range(self.levels):
+            rows = torch.nonzero(depth == level).flatten()
+            if len(rows) == 0:
+                continue
+            allowed = self.trie.allowed_mask(level, prefix[rows])  # [rows, K_level]
+            ids = self.level_ids[level].to(scores.device)
+            banned[rows.unsqueeze(1), ids.unsqueeze(0)] = ~allowed
+        # a complete SID, or a block that went wrong (cannot happen under the constraint, but a
+        # prompt may open one): close it
+        closing = inside & ((depth >= self.levels) | (prefix < 0))
+        banned[closing] = True
+        banned[closing, self.end_id] = False
+        return scores.masked_fill(banned, float("-inf"))
+
+
+def render(text: str, table: SidTable, mark: bool = True) -> str:
+    """Every SID in `text` replaced by a readable name: the item's title; for a SID that names no
+    item, the title of an item sharing its longest known prefix, marked "(L2 match)", or
+    "[unknown SID]" when not even the first code matches."""
+    scheme, trie = table.scheme, table.trie()
+    out, last = [], 0
+    for (a, b), codes in scheme.find_all(text):
+        out.append(text[last:a])
+        item = trie.item_of(codes) if codes is not None else None
+        if item is not None:
+            out.append(f"[{table.df['title'].iat[int(np.searchsorted(table.item_ids, item))]}]")
+        elif codes is not None:
+            depth, example = trie.longest_known_prefix(codes)
+            if example is None:
+                out.append("[unknown SID]")
+            else:
+                title = table.df["title"].iat[int(np.searchsorted(table.item_ids, example))]
+                out.append(f"[{title} (L{depth} match)]" if mark else f"[{title}]")
+        else:
+            out.append("[unknown SID]")
+        last = b
+    out.append(text[last:])
+    return "".join(out)
