@@ -5,7 +5,6 @@ that keeps whole SIDs, determinism, the files, bad input, and the notebook throu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -340,11 +339,7 @@ def test_bad_input_is_named(smoke, tmp_path):
 
 
 def test_notebook_runs_on_smoke_through_the_runner(smoke_stages, tokenizer_folder):
-    # the kernel reads the tokenizer from the temp artifacts root: point its model cache at the
-    # real one instead of converting SmolLM2's GGUF again (~20 s)
-    cache = smoke_stages.parent / "cache"
-    cache.mkdir(exist_ok=True)
-    os.symlink(tokenizer_folder.parent, cache / "models")
+    # tokenizer_folder: the converted SmolLM2 (paths.models_cache, outside the temp artifacts)
     lines: list[str] = []
     assert runner.run("smoke", "06", echo=lines.append) == 0, lines
     m = summary.load("smoke")["stages"]["sft_data"]["metrics"]
