@@ -195,12 +195,20 @@ class SftDataConfig:
     """06-sft-data: multi-task chat conversations that teach the LLM the SIDs."""
 
     tasks: list[str] = field(default_factory=list)  # [] = every task (sidlib.llm.sft_data.TASKS)
-    max_per_task: int = 0  # cap on training samples per task (0 = no cap)
+    # cap on training samples per task (0 = no cap). 3,000 a task as the kalistratov Qwen3-8B
+    # model; every sample is encoded once (~1 ms on CPU), and 08 trains on a sample anyway.
+    # The seed's 4.2M samples: --set sft.max_per_task=0 on a big host.
+    max_per_task: int = 3000
     seq_lengths: list[int] = field(default_factory=lambda: [2, 3, 5])  # "last N items -> next"
     max_history: int = 10  # items shown in <|rec|> / history prompts
     system_prompt: str = "You are a helpful shopping assistant. Items are written as semantic IDs."
     valid_per_task: int = 50  # held-out samples per task for the validation loss
     similar_prefix: int = 2  # "similar items" share this many leading codes
+    copurchase_per_item: int = 3  # co-purchase samples per asked item: its strongest partners
+    # co-purchase also uses the catalog's also_buy / bought_together pairs (catalog facts, not
+    # the users' held-out events); the training-part "sequence" pairs are always used
+    metadata_pairs: bool = True
+    item_noun: str = ""  # word for an item in the phrasings ("game"); "" = movie (movielens) / product
 
 
 @dataclass
@@ -221,11 +229,25 @@ class FinetuneConfig:
     grad_accum: int = 1
     packing: bool = True  # several conversations per row, attention kept inside each one
     gradient_checkpointing: bool = True
-    optim: str = "auto"  # auto (8-bit AdamW on CUDA with bitsandbytes, else AdamW) | adamw_torch | adamw_bnb_8bit
+    optim: str = "auto"  # auto (8-bit AdamW on CUDA with bitsandbytes, else fused AdamW) | adamw_torch | adamw_torch_fused | adamw_bnb_8bit
     max_train_samples: int = 0  # 0 = all
     save_steps: int = 200
     logging_steps: int = 10
     attn: str = "auto"  # auto (flash_attention_2 on CUDA if installed, else sdpa) | sdpa | eager | flash_attention_2
+
+
+@dataclass
+class EvalConfig:
+    """09-eval (and the demo's model): how the LLM is measured, and how much of it on a CPU."""
+
+    per_task: int = 50  # 06 valid samples per task (0 = all of them)
+    users: int = 0  # test users for the LLM recommender, a seeded sample (0 = all); printed in the table
+    beam: int = 10  # constrained beams on the task prompts: exact@10
+    rec_beam: int = 20  # recommender: constrained beams = length of each ranked list (K)
+    max_new_tokens: int = 64  # cap on free generation (valid-SID rate, text answers, demo replies)
+    batch_size: int = 8  # prompts prefilled together; beam rows = batch_size x beams
+    floor: bool = True  # also rank with the base model + SID tokens, untrained (the floor)
+    model_dir: str = ""  # "" = artifacts/<profile>/08-finetune/model; else an HF folder or hub id
 
 
 @dataclass
@@ -242,6 +264,7 @@ class Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     sft: SftDataConfig = field(default_factory=SftDataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of some sections: what a stage's outputs depend on (runner manifest)."""

@@ -164,3 +164,32 @@ def test_two_stages_save_a_loadable_model(table, tmp_path):
     ids = torch.tensor([chat.prompt_ids(tok, [{"role": "user", "content": f"What is {table.sid_of(1)}?"}], cfg.llm)])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_notebook_cli_and_ddp_on_smoke(smoke_stages):
+    """06 and 08 through the runner; then the same stage from the shell under `accelerate launch`
+    with two CPU processes (DDP over gloo), which must write a loadable model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sidlib import paths, runner, summary
+
+    lines: list[str] = []
+    assert runner.run("smoke", "06,08", echo=lines.append) == 0, lines
+    m = summary.load("smoke")["stages"]["finetune"]["metrics"]
+    assert m["stage1_steps"] == 4 and m["stage2_steps"] == 4 and m["processes"] == 1
+    out = paths.stage_dir("smoke", "08-finetune", create=False)
+    assert (out / "loss_curves.png").exists()
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(paths.REPO / "configs/accelerate/ddp-llm.yaml"), "--num_processes", "2", "--main_process_port", "0",
+           "-m", "sidlib.llm.train", "--profile", "smoke", "--no-resume"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "finetune_report.json").read_text())["metrics"]
+    assert report["processes"] == 2 and report["stage2_steps"] == 4
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.vocab_size == report["vocab"]["vocab_after"]
