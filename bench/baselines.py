@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sidlib import baselines, config, paths, runner, sids, summary
-from sidlib.data.prep import Prepared
+from sidlib import baselines, config, paths, runner, summary
 
 
 def main() -> int:
@@ -34,13 +33,10 @@ def main() -> int:
     cfg = config.load(args.profile, overrides)
     if runner.run(args.profile, "01-05", overrides) != 0:  # skipped when up to date
         return 1
-    prepared = Prepared.load(paths.stage_dir(cfg.profile, "01-prep", create=False))
-    sid_dir = paths.stage_dir(cfg.profile, "05-sids", create=False)
-    table = sids.SidTable.load(sid_dir)
-    sizes = json.loads((sid_dir / "sid_manifest.json").read_text())["codebook_sizes"]
+    split, codes, sizes = baselines.load_inputs(cfg)  # what stage 07 reads
     out_dir = paths.artifacts_root() / "bench" / f"baselines_{cfg.profile}"
     t0 = time.perf_counter()
-    reports = baselines.run_all(prepared.split, table.codes, sizes, cfg.baselines, out_dir, seed=cfg.seed,
+    reports = baselines.run_all(split, codes, sizes, cfg.baselines, out_dir, seed=cfg.seed,
                                 models=tuple(args.models.split(",")), resume=False)
     frame = baselines.table(reports)
     print(frame[["users", "hit@10", "ndcg@10", "hit@20", "ndcg@20", "mrr"]].round(4).to_string())

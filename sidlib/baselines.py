@@ -3,25 +3,37 @@
 Models: popularity (the floor), SASRec on item IDs, SASRec over SIDs, and SID-GR (generative
 retrieval by constrained beam search). Each is reported through `sidlib.metrics` on the test
 samples of `sidlib.split` (history = train + valid item, target = last item), both slices.
+
+`run_stage(cfg)` is the whole stage (notebook 07 calls it); the same from a shell, in one
+process or data-parallel over several (DDP through accelerate):
+
+    python -m sidlib.baselines --profile smoke [--models sasrec,sid_gr] [--set baselines.epochs=50]
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 -m sidlib.baselines --profile ml100k
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import config as config_mod
+from . import metrics, paths, summary
 from . import split as S
-from .config import BaselineConfig
+from .config import BaselineConfig, Config
+from .models import train
 
 MODELS = ("popularity", "sasrec", "sid_sasrec", "sid_gr")
+STAGE = "07-baselines"
 
 
 def _eval_row(res: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -51,6 +63,8 @@ def run_sasrec(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log, si
         _, rep = sid_sasrec.run(split, codes, cfg, ckpt_dir=ckpt, resume=resume, seed=seed, sizes=sizes, log=log)
     else:
         _, rep = sasrec.run(split, cfg, n_items=n_items, ckpt_dir=ckpt, resume=resume, seed=seed, log=log)
+    if not train.is_main_process():  # it helped train; only the main process evaluates
+        return {"fit": rep["fit"]}
     out = {"fit": rep["fit"], "train_seconds": rep["fit"]["train_seconds"], "n_params": rep["n_params"]}
     for which in ("valid", "test"):
         out[which] = _eval_row(rep[which], rep[which]["seconds"])
@@ -63,6 +77,8 @@ def run_sid_gr(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log) ->
     gcfg = sid_gr.SidGRConfig.from_baseline(cfg, seed)
     model, rec = sid_gr.fit_split(split, codes, sizes, gcfg, ckpt_dir=Path(out_dir) / "ckpt_sid_gr",
                                   resume=resume, log=log or (lambda *_: None))
+    if not train.is_main_process():  # it helped train; only the main process evaluates
+        return {"fit": rec}
     counts = S.item_train_counts(split, n_items)
     model.eval()
     out: dict[str, Any] = {"fit": rec, "train_seconds": rec.get("train_seconds", 0.0), "beam": gcfg.beam,
@@ -107,6 +123,8 @@ def run_all(
 
     `codes` [n_items, L+1] are the SIDs of stage 05 (row i = item i). Checkpoints go to
     out_dir/ckpt_<model>; with resume=True an interrupted stage continues where it stopped.
+    Under `accelerate launch` every process trains (DDP) and only the main one evaluates: the
+    others return {model: {"fit": ...}} for the trained models only.
     """
     unknown = set(models) - set(MODELS)
     if unknown:
@@ -116,11 +134,18 @@ def run_all(
         np.ascontiguousarray(np.asarray(codes)).tobytes()
         + json.dumps(split[["train", "valid", "test"]].map(str).to_numpy().tolist()).encode()
     ).hexdigest()[:16]
+    fingerprint: dict[str, Any] = {"cfg": dataclasses.asdict(cfg), "seed": seed, "data": data_key}
+    if train.world_size() > 1:  # other batches per step: not a run to resume from one of another size
+        fingerprint["processes"] = train.world_size()
+    main = train.is_main_process()
     reports: dict[str, dict[str, Any]] = {}
     for name in models:
+        if name == "popularity" and not main:
+            continue  # nothing to train
         if name != "popularity":
-            _fresh_checkpoints(Path(out_dir) / f"ckpt_{name}",
-                               {"cfg": dataclasses.asdict(cfg), "seed": seed, "data": data_key})
+            if main:
+                _fresh_checkpoints(Path(out_dir) / f"ckpt_{name}", fingerprint)
+            train.wait_for_everyone()  # nobody resumes from a folder the main process is clearing
         t0 = time.perf_counter()
         if name == "popularity":
             reports[name] = run_popularity(split, n_items, cfg)
@@ -142,6 +167,8 @@ def summary_metrics(reports: dict[str, dict[str, Any]], which: str = "test") -> 
                "ndcg@10_cold": r["cold"].get("ndcg@10"), "hit@10_cold": r["cold"].get("hit@10"),
                "train_seconds": round(rep.get("train_seconds") or 0.0, 1), "ms_per_user": r["ms_per_user"],
                "n_users": r["n_users"], "n_cold": r["n_cold"]}
+        if rep.get("fit"):
+            row["processes"] = rep["fit"].get("processes", 1)  # data-parallel training processes
         if "beam" in rep:
             row["beam"] = rep["beam"]
         out[name] = row
@@ -157,3 +184,102 @@ def table(reports: dict[str, dict[str, Any]], which: str = "test") -> pd.DataFra
             rows.append({"model": name, "slice": slice_,
                          "users": r["n_users"] if slice_ == "all" else r["n_cold"], **r[slice_]})
     return pd.DataFrame(rows).set_index(["model", "slice"])
+
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def load_inputs(cfg: Config) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
+    """(split of 01-prep, SID codes [n_items, L+1] and codebook sizes of 05-sids) of a profile."""
+    from .data.prep import Prepared
+    from .sids import SidTable
+
+    prep_dir = paths.stage_dir(cfg.profile, "01-prep", create=False)
+    sid_dir = paths.stage_dir(cfg.profile, "05-sids", create=False)
+    for d in (prep_dir, sid_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d} not found: stage 07 reads 01-prep and 05-sids; run them first with "
+                                    f"python -m sidlib run --profile {cfg.profile} --stages 01-05")
+    table = SidTable.load(sid_dir)
+    sizes = json.loads((sid_dir / "sid_manifest.json").read_text())["codebook_sizes"]
+    return Prepared.load(prep_dir).split, table.codes, sizes
+
+
+@dataclass
+class StageOutputs:
+    """What `run_stage` wrote: the reports (reports.json), the summary.json entry, the plots."""
+
+    out: Path
+    reports: dict[str, dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    plots: dict[str, Path]
+
+
+def run_stage(cfg: Config, models: tuple[str, ...] = MODELS, resume: bool = True,
+              log: Callable[[str], None] | None = print) -> StageOutputs | None:
+    """Stage 07 of a profile: train + evaluate `models` on its 01/05 outputs and write
+    artifacts/<profile>/07-baselines/ (reports.json, baselines.png, valid_curves.png, checkpoints)
+    and the "baselines" entry of summary.json.
+
+    The notebook and `python -m sidlib.baselines` both call this. Under `accelerate launch`
+    all processes train and only the main one evaluates and writes; the others return None.
+    """
+    from . import plots
+
+    split, codes, sizes = load_inputs(cfg)
+    main = train.is_main_process()
+    say = log if (log and main) else (lambda *_: None)
+    say(f"{len(split):,} users, {len(codes):,} items, SID levels {sizes}"
+        + (f"; {train.world_size()} training processes (DDP)" if train.world_size() > 1 else ""))
+    out = paths.stage_dir(cfg.profile, STAGE)
+    reports = run_all(split, codes, sizes, cfg.baselines, out, seed=cfg.seed, models=models, resume=resume, log=log)
+    if not main:
+        return None
+    (out / "reports.json").write_text(json.dumps(summary.jsonable(reports), indent=1))
+    rows = summary_metrics(reports)
+    frame = pd.DataFrame(rows).T
+    bar = plots.bars(frame[["ndcg@10", "hit@10", "ndcg@10_cold", "hit@10_cold"]], out / "baselines.png",
+                     title=f"{cfg.profile}: test users (full ranking)")
+    curves = {f"{name} valid ndcg@10": [e["score"] for e in (rep.get("fit") or {}).get("evals", [])]
+              for name, rep in reports.items() if (rep.get("fit") or {}).get("evals")}
+    curve_plot = plots.curves(curves, out / "valid_curves.png", xlabel="evaluation")
+    summary.record(cfg, "baselines", rows, plots=[bar, curve_plot])
+    return StageOutputs(out, reports, rows, {"bars": bar, "curves": curve_plot})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sidlib.baselines`: the stage from a shell, also under `accelerate launch`."""
+    ap = argparse.ArgumentParser(
+        prog="python -m sidlib.baselines",
+        description="Stage 07 (notebooks/07-baselines.ipynb) from a shell. Data-parallel on several "
+                    "GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N "
+                    "-m sidlib.baselines --profile P")
+    ap.add_argument("--profile", default=config_mod.DEFAULT_PROFILE,
+                    help=f"one of {', '.join(config_mod.list_profiles())}")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a profile value (repeatable), e.g. --set baselines.epochs=50")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument("--no-resume", action="store_true", help="retrain from scratch instead of resuming checkpoints")
+    args = ap.parse_args(argv)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    try:
+        cfg = config_mod.load(args.profile, config_mod.parse_overrides(args.overrides))
+        if not models or set(models) - set(MODELS):
+            raise config_mod.ConfigError(f"--models {args.models!r}: choose among {','.join(MODELS)}")
+    except config_mod.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    res = run_stage(cfg, models, resume=not args.no_resume, log=lambda m: print(m, flush=True))
+    if res is not None:  # the main process: the run's record, as the runner leaves it after the notebook
+        summary.set_status(cfg.profile, "baselines", "ok", time.perf_counter() - t0)
+        summary.write_report(cfg.profile)
+        print(table(res.reports)[["users", "hit@10", "ndcg@10", "mrr"]].round(4).to_string())
+        print(f"wrote {res.out}", flush=True)
+    train.end_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

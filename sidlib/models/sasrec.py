@@ -39,7 +39,9 @@ from torch import nn
 from sidlib import metrics
 from sidlib import split as S
 from sidlib.config import BaselineConfig
-from sidlib.models.train import Checkpointer, FitResult, epoch_rng, fit_loop, pick_device, set_seed
+from sidlib.models.train import (
+    Checkpointer, FitResult, epoch_rng, fit_loop, is_main_process, loss_fn, pick_device, set_seed, shard,
+)
 
 LOSSES = ("ce", "bce")
 
@@ -251,7 +253,8 @@ def fit(
 
     Early stopping on valid NDCG@10 (patience counts evaluations), a checkpoint every epoch in
     ckpt_dir, `resume=True` continues from its last one; the best weights are loaded at the end.
-    `epochs` overrides cfg.epochs.
+    `epochs` overrides cfg.epochs. Under `accelerate launch` each process trains on its share of
+    every epoch's batches (cfg.batch_size per process) and DDP averages the gradients.
     """
     if cfg.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
@@ -264,14 +267,15 @@ def fit(
     lengths = (inp_all > 0).sum(1)
     counts = S.item_train_counts(split, model.n_items)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    step_loss = loss_fn(model)  # model.loss, through DDP when several processes train
 
     def train_epoch(epoch: int) -> float:
         total, n = 0.0, 0
-        for idx in length_batches(lengths, cfg.batch_size, epoch_rng(seed, epoch)):
+        for idx in shard(length_batches(lengths, cfg.batch_size, epoch_rng(seed, epoch))):
             width = int(lengths[idx].max())  # crop the all-padding columns on the left
             inp = torch.from_numpy(inp_all[idx, -width:]).to(device)
             tgt = torch.from_numpy(tgt_all[idx, -width:]).to(device)
-            loss = model.loss(inp, tgt, cfg.loss, cfg.negatives)
+            loss = step_loss(inp, tgt, cfg.loss, cfg.negatives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -315,4 +319,6 @@ def run(
     set_seed(seed)
     model = SASRec.from_config(n_items, cfg).to(pick_device(cfg.device))
     result = fit(model, split, cfg, ckpt_dir=ckpt_dir, resume=resume, seed=seed, log=log)
+    if not is_main_process():  # the other processes only helped train: evaluating is the main one's job
+        return model, {"fit": result.to_dict()}
     return model, report(model, split, cfg, result, seed=seed)

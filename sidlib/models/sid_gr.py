@@ -537,6 +537,7 @@ def fit(
     search (width cfg.beam), best weights restored at the end; None: all epochs, last weights.
     ckpt_dir: `last.pt` every epoch and `best.pt` through `train.Checkpointer`; resume=True goes
     on from `last.pt` (same batches and dropout as an uninterrupted run: `train.fit_loop`).
+    Under `accelerate launch` each process trains on its share of every epoch's batches (DDP).
     Returns `train.FitResult.to_dict()` plus `step_losses` (this call's per-step losses).
     """
     cfg = model.cfg
@@ -547,18 +548,19 @@ def fit(
     if not samples:
         raise SidGRError("no training sample: every sequence needs >= 2 items")
     seqs = [np.asarray(s, dtype=np.int64) for s in sequences]
-    total = len(_epoch_batches(samples, cfg, 1)) * cfg.epochs
+    total = len(train_utils.shard(_epoch_batches(samples, cfg, 1))) * cfg.epochs  # this process's steps
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
     amp = device.type == "cuda"
     step_losses: list[float] = []
+    step_loss = train_utils.loss_fn(model)  # model.loss, through DDP when several processes train
 
     def train_epoch(epoch: int) -> float:
         losses = []
-        for batch in _epoch_batches(samples, cfg, epoch):
+        for batch in train_utils.shard(_epoch_batches(samples, cfg, epoch)):
             inputs, lab_lv, lab_code = model.build_batch([seqs[i][: e + 1] for i, e in batch])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = model.loss(inputs, lab_lv, lab_code)
+                loss = step_loss(inputs, lab_lv, lab_code)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip > 0:

@@ -37,7 +37,7 @@ from torch import nn
 from sidlib import split as S
 from sidlib.config import BaselineConfig
 from sidlib.models.sasrec import CausalEncoder, fit, pad_left, report
-from sidlib.models.train import pick_device, set_seed
+from sidlib.models.train import is_main_process, pick_device, set_seed
 
 _CHUNK_ELEMENTS = 1 << 24  # [batch, prefixes, width] floats per chunk when scoring all items
 
@@ -186,4 +186,6 @@ def run(
     set_seed(seed)
     model = SIDSASRec.from_config(codes, cfg, sizes).to(pick_device(cfg.device))
     result = fit(model, split, cfg, ckpt_dir=ckpt_dir, resume=resume, seed=seed, log=log)
+    if not is_main_process():  # the other processes only helped train: evaluating is the main one's job
+        return model, {"fit": result.to_dict()}
     return model, report(model, split, cfg, result, seed=seed)
