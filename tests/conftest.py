@@ -22,12 +22,9 @@ def tmp_roots(tmp_path, monkeypatch):
     return tmp_path
 
 
-def title_codes(item_json, levels: int = 3, k: int = 16, dims: int = 64, seed: int = 0):
-    """Real semantic codes in ~1 s for model tests: TF-IDF of the item titles -> SVD -> residual
-    k-means (levels x k) -> the project's dedup level. Returns (codes [n_items, levels+1], sizes)."""
-    import json
-    from pathlib import Path
-
+def text_codes(texts, levels: int = 3, k: int = 16, dims: int = 64, seed: int = 0, min_df: int = 2):
+    """Real semantic codes in ~1 s for model tests: TF-IDF of the texts -> SVD -> residual
+    k-means (levels x k) -> the project's dedup level. Returns (codes [n, levels+1], sizes)."""
     import numpy as np
     from sklearn.cluster import KMeans
     from sklearn.decomposition import TruncatedSVD
@@ -36,9 +33,7 @@ def title_codes(item_json, levels: int = 3, k: int = 16, dims: int = 64, seed: i
 
     from sidlib.sids import add_dedup_level
 
-    items = json.loads(Path(item_json).read_text())
-    titles = [(items[str(i)].get("title") or "") for i in range(len(items))]
-    x = TfidfVectorizer(min_df=2, sublinear_tf=True).fit_transform(titles)
+    x = TfidfVectorizer(min_df=min_df, sublinear_tf=True).fit_transform(texts)
     with threadpool_limits(1):  # BLAS/OpenMP threads fighting torch's make SVD 20x slower
         z = TruncatedSVD(dims, random_state=seed).fit_transform(x)
         z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-9
@@ -47,8 +42,17 @@ def title_codes(item_json, levels: int = 3, k: int = 16, dims: int = 64, seed: i
             km = KMeans(k, n_init=1, random_state=seed + level).fit(residual)
             codes.append(km.labels_.astype(np.int64))
             residual = residual - km.cluster_centers_[km.labels_]
-    full = add_dedup_level(np.stack(codes, 1), dedup_codebook_size=len(items))
+    full = add_dedup_level(np.stack(codes, 1), dedup_codebook_size=len(texts))
     return full, [k] * levels + [int(full[:, -1].max()) + 1]
+
+
+def title_codes(item_json, levels: int = 3, k: int = 16, dims: int = 64, seed: int = 0):
+    """text_codes of the titles of an LC-Rec item.json (item id = its key)."""
+    import json
+    from pathlib import Path
+
+    items = json.loads(Path(item_json).read_text())
+    return text_codes([(items[str(i)].get("title") or "") for i in range(len(items))], levels, k, dims, seed)
 
 
 @pytest.fixture(scope="session")

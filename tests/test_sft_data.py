@@ -15,7 +15,9 @@ from sidlib import config, paths, runner, summary, text
 from sidlib.data import load_raw, prep
 from sidlib.data.schema import DataError
 from sidlib.llm import base, sft_data
-from sidlib.sids import TOKEN_RE, SidScheme, SidTable, add_dedup_level
+from sidlib.sids import TOKEN_RE, SidScheme, SidTable
+
+from conftest import text_codes
 
 GIFT_OVERRIDES = {"data.source": "amazon2018", "data.path": "shared:amazon2018-gift-cards", "data.name": "Gift_Cards"}
 
@@ -51,32 +53,13 @@ def smoke_data(smoke):
     return sft_data.build(inputs, tok, cfg, progress=False)
 
 
-def quick_codes(texts: list[str], levels: int = 3, k: int = 8, seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    """Real semantic codes in a second: TF-IDF -> SVD -> residual k-means -> the dedup level."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from threadpoolctl import threadpool_limits
-
-    x = TfidfVectorizer(min_df=1, sublinear_tf=True).fit_transform(texts)
-    with threadpool_limits(1):
-        z = TruncatedSVD(16, random_state=seed).fit_transform(x)
-        residual, codes = z, []
-        for level in range(levels):
-            km = KMeans(k, n_init=1, random_state=seed + level).fit(residual)
-            codes.append(km.labels_.astype(np.int64))
-            residual = residual - km.cluster_centers_[km.labels_]
-    full = add_dedup_level(np.stack(codes, 1), dedup_codebook_size=len(texts))
-    return full, [k] * levels + [int(full[:, -1].max()) + 1]
-
-
 @pytest.fixture(scope="module")
 def gift(shared_data, tokenizer_folder):
     """Amazon 2018 Gift Cards: prep + clean in-process, SIDs from quick codes."""
     cfg = config.load("smoke", GIFT_OVERRIDES)
     prepared = prep.prepare(load_raw(cfg.data), cfg.data, seed=cfg.seed)
     items, _ = text.clean_items(prepared.items, cfg.clean, source=cfg.data.source)
-    codes, sizes = quick_codes(items["item_context"].tolist())
+    codes, sizes = text_codes(items["item_context"].tolist(), k=8, dims=16, min_df=1)
     table = SidTable.build(codes, SidScheme(sizes), items["title"].tolist(), items["item_id"].tolist())
     inputs = sft_data.Inputs(items, prepared.split, prepared.pairs, table, cfg.data.source)
     return cfg, inputs, tokenizer(cfg, table, tokenizer_folder)
