@@ -52,6 +52,9 @@ STAGES: list[Stage] = [
     Stage("06-sft-data", "sft_data", ("sft", "llm"), ("01-prep", "02-clean", "05-sids")),
     Stage("07-baselines", "baselines", ("baselines",), ("01-prep", "05-sids")),
     Stage("08-finetune", "finetune", ("finetune", "llm"), ("02-clean", "05-sids", "06-sft-data")),
+    Stage("09-eval", "eval", ("eval", "llm"), ("01-prep", "05-sids", "06-sft-data", "07-baselines", "08-finetune")),
+    # the demo reads eval.model_dir / eval.max_new_tokens too; 06 and 07 settings reach 09 through their outputs
+    Stage("demo", "demo", ("llm", "eval"), ("05-sids", "08-finetune")),
 ]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from . import paths
 
 # The stage keys, in chain order (the runner's stage list uses the same keys).
-STAGE_KEYS = ["prep", "clean", "embed", "rqvae", "sids", "sft_data", "baselines", "finetune", "eval"]
+STAGE_KEYS = ["prep", "clean", "embed", "rqvae", "sids", "sft_data", "baselines", "finetune", "eval", "demo"]
 
 
 def summary_path(profile: str) -> Path:
