@@ -99,7 +99,7 @@ class TokenizerConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256, 128])
     beta: float = 0.25  # commitment weight
     grad: str = "rotation"  # rotation (Huh et al. 2024) | ste (straight-through)
-    # epochs .. dead_code_reset_every: tuned on Scientific (4.3k items, MiniLM, 3 x 256), see bench/tokenizers.py
+    # epochs .. dead_code_reset_every: tuned on Scientific (4.3k items, MiniLM, 3 x 256), see bench/rq_tokenizers.py
     epochs: int = 300
     batch_size: int = 1024
     lr: float = 3e-3

@@ -1,6 +1,6 @@
 """Tokenizer bench: RQ-VAE vs residual k-means on the real Amazon 2018 Scientific items.
 
-    .venv/bin/python bench/tokenizers.py [--epochs N] [--set key=value ...] [--only rqvae]
+    .venv/bin/python bench/rq_tokenizers.py [--epochs N] [--set key=value ...] [--only rqvae]
 
 Embeds the 4,344 items with MiniLM (cached under artifacts/bench/), fits both tokenizers with
 3 x 256 codes, prints the seed 003 quality table side by side with wall times, and writes

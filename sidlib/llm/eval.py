@@ -1,0 +1,711 @@
+"""Stage 09: the fine-tuned LLM on every SFT task and as a recommender, and one table of every model.
+
+    python -m sidlib.llm.eval --profile ml100k [--set eval.users=200 ...]
+
+What is measured (notebooks/09-eval.ipynb shows it):
+
+- **per task**, on 06's valid conversations (`eval.per_task` of each task): when the answer is a
+  SID, the hierarchical accuracy of the greedy answer — level-1 code right, first 2 codes, ...,
+  the exact item — and exact@k of a constrained beam search (k = `eval.beam`); when the answer
+  is text (sid_to_title, sid_to_category, prefix_to_category, ...), normalised exact match and
+  token F1 of the greedy reply;
+- **the valid-SID rate**: the share of free greedy replies to SID questions whose SIDs all name
+  existing items, without and with the SidConstraint;
+- **as a recommender**, on the test samples of `sidlib.split` (the baselines' users; a seeded
+  sample of `eval.users` of them): 06's sequential prompt (`seq_last_N` phrasing, the last N
+  history items), constrained beam search with `eval.rec_beam` beams, items ranked by beam score,
+  scored by `sidlib.metrics.evaluate_topk` (both slices) — and the same for the base model with
+  the SID tokens added but untrained (`eval.floor`), the floor every number should clear.
+
+Decoding choices, and why:
+
+- A SID answer is scored with `<|sid_start|>` already placed after the prompt (every SID answer of
+  06 starts with it), then exactly L code tokens under the item trie: the codes measure what the
+  model knows about the item. Whether it *chooses* to answer with a SID is what the free replies
+  (valid-SID rate) measure.
+- One prefill per batch of prompts serves every pass (greedy, beams, free replies): its KV cache
+  is copied per pass. The prompt dominates the cost on a CPU, and `generate`'s beam search would
+  also prefill every beam separately.
+- Beams are `sidlib.models.beam.beam_search` (SID-GR's search, "expand" cache mode) over the LM's
+  logits: a SID's score is the sum of its code tokens' log-probabilities under the whole
+  vocabulary, the quantity transformers' constrained beam search ranks by.
+- The SidConstraint sees only the reply (plus the last prompt token): a prompt may itself hold an
+  open SID prefix (prefix_to_category asks about `<|sid_start|><|sid_3|>`), which the constraint
+  would otherwise take for an unfinished block and close.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import LogitsProcessor
+
+from .. import metrics, paths, plots, summary
+from .. import split as splitlib
+from ..config import Config, LLMConfig
+from ..models.beam import BeamResult, CodeTrie, beam_search
+from ..sids import REC, SID_START, SidTable
+from . import base, chat, vocab
+from .decode import SidConstraint
+
+log = logging.getLogger("sidlib.llm.eval")
+
+STAGE_DIR = "09-eval"
+FINETUNED = "LLM (fine-tuned)"
+FLOOR = "LLM before fine-tuning"
+BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec", "sid_sasrec": "SID-SASRec", "sid_gr": "SID-GR"}
+TABLE_COLUMNS = ["ndcg@10", "hit@10", "mrr", "ndcg@10_cold", "hit@10_cold", "n_users", "n_cold", "ranking"]
+# end-of-turn markers of the chat templates we know, besides the tokenizer's eos
+END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def accuracy_keys(levels: int) -> list[str]:
+    """Names of the hierarchical accuracies of a SID of `levels` codes (L tokenizer levels + the
+    dedup level): level1, prefix2 .. prefixL, exact (all L+1 codes, i.e. the item)."""
+    return ["level1" if k == 1 else f"prefix{k}" for k in range(1, levels)] + ["exact"]
+
+
+def _answers(truth: Any) -> list[list[int]]:
+    """One answer's codes, or several acceptable answers (similar_items lists 3 items)."""
+    if len(truth) and isinstance(truth[0], (list, tuple, np.ndarray)):
+        return [[int(c) for c in t] for t in truth]
+    return [[int(c) for c in truth]]
+
+
+def match_depth(pred: Sequence[int] | None, truth: Any) -> int:
+    """Leading codes `pred` shares with the closest acceptable answer (0: no SID, or level 1 wrong)."""
+    if pred is None:
+        return 0
+    best = 0
+    for ans in _answers(truth):
+        depth = 0
+        for a, b in zip(pred, ans):
+            if int(a) != int(b):
+                break
+            depth += 1
+        best = max(best, depth)
+    return best
+
+
+def hierarchical(pred_codes: Sequence[Sequence[int] | None], true_codes: Sequence[Any]) -> dict[str, float]:
+    """Mean hierarchical accuracy of predictions against answers.
+
+    pred_codes: one SID's codes per sample, None when the reply held no (valid) SID.
+    true_codes: the answer's codes per sample, or a list of acceptable answers' codes.
+    Returns {level1, prefix2, .., prefixL, exact}: the share of samples whose prediction matches
+    the first k codes (exact: every code, i.e. the same item)."""
+    if len(pred_codes) != len(true_codes):
+        raise ValueError(f"{len(pred_codes)} predictions for {len(true_codes)} answers")
+    if not len(true_codes):
+        return {}
+    levels = len(_answers(true_codes[0])[0])
+    depths = np.array([match_depth(p, t) for p, t in zip(pred_codes, true_codes)])
+    return {key: float((depths >= k).mean()) for k, key in enumerate(accuracy_keys(levels), start=1)}
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation to spaces, one space between words: "Toy Story (1995)" ==
+    "toy story 1995"."""
+    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+def token_f1(pred: str, ref: str) -> float:
+    """Word-overlap F1 of the normalised texts (SQuAD's answer F1)."""
+    p, r = normalize_text(pred).split(), normalize_text(ref).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum(min(p.count(w), r.count(w)) for w in set(p))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --------------------------------------------------------------------------- decoding primitives
+
+
+@dataclass
+class Prefilled:
+    """A batch of prompts run through the model: KV cache, attention mask, positions and the
+    next-token logits. `step` grows the cache in place, so branch with `select` first."""
+
+    cache: Any
+    mask: torch.Tensor  # [B, T] 1 = a real token (prompts are left-padded)
+    pos: torch.Tensor  # [B] position id of the last token fed
+    logits: torch.Tensor  # [B, V] float32 next-token logits
+    last: torch.Tensor  # [B] the last token fed (where the constraint's view of a reply starts)
+
+    def select(self, rows: torch.Tensor) -> Prefilled:
+        """A private copy holding `rows` (repeats allowed): passes never write into each other."""
+        rows = rows.to(self.mask.device)
+        return Prefilled(_select_cache(self.cache, rows), self.mask[rows], self.pos[rows], self.logits[rows],
+                         self.last[rows])
+
+
+def _select_cache(cache: Any, rows: torch.Tensor) -> Any:
+    """Rows of a transformers cache as a new cache object; the original is untouched (the
+    layers' index_select makes new tensors, only the shallow layer copies are shared)."""
+    if hasattr(cache, "layers"):
+        new = copy.copy(cache)
+        new.layers = [copy.copy(layer) for layer in cache.layers]
+    else:  # older cache classes
+        new = copy.deepcopy(cache)
+    new.reorder_cache(rows)
+    return new
+
+
+@torch.no_grad()
+def prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> Prefilled:
+    """Left-pad the prompts (generation continues at the right edge of every row) and run them."""
+    device = next(model.parameters()).device
+    n = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), n), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, n - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, n - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)  # padding does not shift a prompt's positions
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    return Prefilled(out.past_key_values, mask, pos[:, -1], out.logits[:, -1].float(), ids[:, -1])
+
+
+@torch.no_grad()
+def step(model: Any, state: Prefilled, tokens: torch.Tensor) -> Prefilled:
+    """Feed one token per row; the cache grows in place."""
+    tokens = tokens.to(state.mask.device)
+    mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], 1)
+    pos = state.pos + 1
+    out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
+                past_key_values=state.cache, use_cache=True)
+    return Prefilled(out.past_key_values, mask, pos, out.logits[:, -1].float(), tokens)
+
+
+class ReplyOnly(LogitsProcessor):
+    """Shows a processor (the SidConstraint) only the reply and the last prompt token, so an open
+    SID prefix inside the prompt is not taken for a block the reply must close."""
+
+    def __init__(self, inner: LogitsProcessor, prompt_len: int):
+        self.inner, self.start = inner, max(prompt_len - 1, 0)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.inner(input_ids[:, self.start:], scores)
+
+
+class _Rows:
+    """`beam_search` reads the batch size from `prompt.tokens`: here row indices of a prefill."""
+
+    def __init__(self, rows: Sequence[int], device: torch.device):
+        self.tokens = torch.as_tensor(list(rows), dtype=torch.long, device=device)
+
+
+class _BeamLM:
+    """The model protocol of `sidlib.models.beam.beam_search` ("expand" cache mode) over a
+    prefilled LM batch: the search's prefill feeds <|sid_start|>, level l scores the level's
+    code tokens, each decode step feeds the chosen code token."""
+
+    def __init__(self, model: Any, state: Prefilled, start_id: int, level_ids: list[torch.Tensor]):
+        self.model, self.state, self.start_id, self.level_ids = model, state, start_id, level_ids
+        self.n_levels = len(level_ids)
+
+    def parameters(self):  # noqa: ANN201 - beam_search reads the device from here
+        return self.model.parameters()
+
+    def build_prompt(self, rows: Sequence[int]) -> _Rows:
+        return _Rows(rows, self.state.mask.device)
+
+    def prefill(self, prompt: _Rows) -> tuple[torch.Tensor, Prefilled]:
+        st = self.state.select(prompt.tokens)
+        st = step(self.model, st, torch.full((len(prompt.tokens),), self.start_id, dtype=torch.long))
+        return st.logits, st
+
+    def level_logprobs(self, logits: torch.Tensor, level: int) -> torch.Tensor:
+        ids = self.level_ids[level].to(logits.device)
+        return logits.float().log_softmax(-1)[..., ids]
+
+    def decode_flat(self, codes: torch.Tensor, level: int, st: Prefilled) -> tuple[torch.Tensor, Prefilled]:
+        st = step(self.model, st, self.level_ids[level].to(codes.device)[codes])
+        return st.logits, st
+
+    @staticmethod
+    def reindex_flat_cache(st: Prefilled, idx: torch.Tensor) -> Prefilled:
+        st.cache.reorder_cache(idx)  # in place: the search drops the old beams
+        return Prefilled(st.cache, st.mask[idx], st.pos[idx], st.logits[idx], st.last[idx])
+
+
+class Decoder:
+    """A causal LM, its tokenizer (with the SID tokens) and the SID table, with what decoding
+    needs precomputed: prompts, prefill, greedy replies with or without the constraint, SID beams."""
+
+    def __init__(self, model: Any, tok: Any, table: SidTable, llm: LLMConfig):
+        if not np.array_equal(table.item_ids, np.arange(len(table))):
+            raise ValueError("evaluation needs the dense item ids 0..N-1 of the 05-sids table")
+        self.model, self.tok, self.table, self.llm = model.eval(), tok, table, llm
+        scheme = table.scheme
+        ids = vocab.sid_token_ids(tok, scheme)
+        code_ids = torch.tensor(ids[: scheme.num_code_tokens], dtype=torch.long)
+        self.level_ids = [code_ids[o: o + k] for o, k in zip(scheme.offsets, scheme.codebook_sizes)]
+        self.start_id = int(tok.convert_tokens_to_ids(SID_START))
+        self.trie = CodeTrie(table.codes, scheme.codebook_sizes)
+        self.constraint = SidConstraint(tok, table)
+        self.ends = end_token_ids(tok, model)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.ends[0]
+        model.config.use_cache = True  # 08 trains without the cache; generation needs it
+
+    def prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        return chat.prompt_ids(self.tok, messages, self.llm)
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> Prefilled:
+        return prefill(self.model, prompts, self.pad_id)
+
+    @torch.no_grad()
+    def greedy(self, state: Prefilled, rows: Sequence[int], max_new: int,
+               constrained: bool | Sequence[bool]) -> list[str]:
+        """Free greedy replies of some rows of a prefill (on a copy), end-of-turn stripped.
+
+        `constrained` per row (or for all): one batch can hold the same prompt with and without
+        the SidConstraint, so both replies cost one pass of decoding steps."""
+        rows = list(rows)
+        flags = [constrained] * len(rows) if isinstance(constrained, bool) else list(constrained)
+        if len(flags) != len(rows):
+            raise ValueError(f"{len(flags)} constrained flags for {len(rows)} rows")
+        st = state.select(torch.as_tensor(rows, dtype=torch.long))
+        seen = st.last[:, None]  # the constraint's view: last prompt token + the reply
+        con = torch.as_tensor(flags, dtype=torch.bool, device=seen.device)
+        ends = torch.tensor(self.ends, device=seen.device)
+        done = torch.zeros(len(seen), dtype=torch.bool, device=seen.device)
+        for t in range(max_new):
+            scores = st.logits
+            if bool(con.any()):
+                scores = scores.clone()
+                scores[con] = self.constraint(seen[con], scores[con])
+            nxt = torch.where(done, ends[0], scores.argmax(-1))
+            seen = torch.cat([seen, nxt[:, None]], 1)
+            done |= torch.isin(nxt, ends)
+            if bool(done.all()) or t == max_new - 1:
+                break
+            st = step(self.model, st, nxt)
+        return [self.reply_text(row[1:].tolist()) for row in seen]
+
+    def reply_text(self, ids: Sequence[int]) -> str:
+        """Generated ids -> text up to the first end-of-turn token. SID tokens are special tokens:
+        keep them (skip_special_tokens=False)."""
+        ids = list(ids)
+        cut = next((i for i, t in enumerate(ids) if t in self.ends), len(ids))
+        return self.tok.decode(ids[:cut], skip_special_tokens=False).strip()
+
+    def beam(self, state: Prefilled, rows: Sequence[int], k: int) -> BeamResult:
+        """Top-k existing items for some rows of a prefill, by constrained beam search after
+        <|sid_start|> (k = 1 is greedy under the trie). items [rows, k] (-1 padding), descending."""
+        lm = _BeamLM(self.model, state, self.start_id, self.level_ids)
+        rows = list(rows)
+        return beam_search(lm, rows, self.trie, beam=k, topk=k, cache="expand", batch_users=max(len(rows), 1))
+
+    def codes_in(self, text: str) -> list[list[int] | None]:
+        """Codes of every SID block of a reply (None: malformed)."""
+        return [codes for _span, codes in self.table.scheme.find_all(text)]
+
+    def valid(self, text: str) -> bool:
+        """At least one SID, and every SID names an existing item."""
+        found = self.codes_in(text)
+        return bool(found) and all(c is not None and self.trie.is_item(c) for c in found)
+
+    def first_item_codes(self, text: str) -> list[int] | None:
+        found = self.codes_in(text)
+        return found[0] if found and found[0] is not None else None
+
+    # -- the recommender
+    def recommend(self, histories: Sequence[Sequence[int]], cfg: Config, k: int, batch_size: int | None = None,
+                  progress: bool = False) -> np.ndarray:
+        """[B, k] item ids per history, best first (-1 padding), by constrained beam search on
+        06's sequential prompt. Prompts are batched by length (less padding)."""
+        from tqdm import tqdm
+
+        prompts = [self.prompt(rec_messages(h, self.table, cfg)) for h in histories]
+        out = np.full((len(prompts), k), -1, dtype=np.int64)
+        bs = batch_size or cfg.eval.batch_size
+        order = np.argsort([len(p) for p in prompts], kind="stable")
+        batches = [order[a: a + bs] for a in range(0, len(order), bs)]
+        for idx in tqdm(batches, desc="09 recommend", disable=not progress, mininterval=5.0):
+            st = self.prefill([prompts[i] for i in idx])
+            out[idx] = self.beam(st, range(len(idx)), k).items.cpu().numpy()
+        return out
+
+
+def end_token_ids(tok: Any, model: Any = None) -> list[int]:
+    """Tokens that end the assistant's turn: eos, the model's generation eos, the template's marker."""
+    ids: list[int] = []
+    cands: list[Any] = [tok.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.eos_token_id is not None:
+        cands += gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    vocab_ = tok.get_vocab()
+    cands += [vocab_[m] for m in END_MARKERS if m in vocab_]
+    for c in cands:
+        if c is not None and int(c) not in ids:
+            ids.append(int(c))
+    if not ids:
+        raise ValueError("the tokenizer has no eos token: cannot tell where a reply ends")
+    return ids
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def rec_messages(history: Sequence[int], table: SidTable, cfg: Config) -> list[dict[str, str]]:
+    """The recommender prompt: 06's `seq_last_N` question (its first phrasing, N = the longest of
+    sft.seq_lengths) on the last N history items, after the same system prompt, so the model sees
+    a prompt like its training data."""
+    from . import sft_data
+
+    n = max(cfg.sft.seq_lengths)
+    shown = [int(i) for i in history][-n:]
+    if not shown:
+        raise ValueError("the recommender needs at least one history item")
+    words = sft_data.words_for(cfg.data.source, cfg.sft.item_noun)
+    user_t, _answer = sft_data.templates_of(sft_data.seq_task(n))[0]
+    text = user_t.format(noun=words.noun, nouns=words.nouns, verb=words.verb, verb_ing=words.verb_ing,
+                         people=words.people, rec=REC, n=len(shown),
+                         history=", ".join(table.sid_of(i) for i in shown))
+    system = [{"role": "system", "content": cfg.sft.system_prompt}] if cfg.sft.system_prompt else []
+    return system + [{"role": "user", "content": text}]
+
+
+# --------------------------------------------------------------------------- per task
+
+
+def select_valid(valid_df: pd.DataFrame, per_task: int) -> pd.DataFrame:
+    """The first `per_task` valid conversations of each task (06 drew them at random), 0 = all."""
+    if "task" not in valid_df.columns or "messages" not in valid_df.columns:
+        raise ValueError(f"06 valid data needs columns task, messages (has {list(valid_df.columns)})")
+    df = valid_df.groupby("task", sort=False).head(per_task) if per_task else valid_df
+    return df.reset_index(drop=True)
+
+
+def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame, cfg: Config,
+                  per_task: int | None = None, beam: int | None = None, progress: bool = True,
+                  decoder: Decoder | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every task of 06's valid data: (one row per task, one row per conversation with replies).
+
+    The reference is the conversation's last (assistant) message; a reference with SIDs makes a
+    SID task (its SIDs are the acceptable answers), one without a text task."""
+    from tqdm import tqdm
+
+    dec = decoder or Decoder(model, tok, table, cfg.llm)
+    per_task = cfg.eval.per_task if per_task is None else per_task
+    beam = cfg.eval.beam if beam is None else beam
+    df = select_valid(valid_df, per_task)
+    rows: list[dict[str, Any]] = []
+    for r in df.itertuples():
+        msgs = list(r.messages)
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise ValueError(f"06 valid conversation of task {r.task} does not end with the assistant's answer")
+        ref = msgs[-1]["content"]
+        truths = [c for c in dec.codes_in(ref) if c is not None]
+        rows.append({"task": r.task, "kind": "sid" if truths else "text", "prompt": msgs[:-1], "reference": ref,
+                     "truths": truths, "prompt_ids": dec.prompt(msgs[:-1]),
+                     "ref_tokens": len(tok(ref, add_special_tokens=False)["input_ids"]) + 1})
+    order = np.argsort([len(r["prompt_ids"]) for r in rows], kind="stable")
+    bs = cfg.eval.batch_size
+    batches = [order[a: a + bs] for a in range(0, len(order), bs)]
+    cap = cfg.eval.max_new_tokens
+    codes, trie = table.codes, table.trie()
+    for idx in tqdm(batches, desc="09 tasks", disable=not progress, mininterval=5.0):
+        st = dec.prefill([rows[i]["prompt_ids"] for i in idx])
+        sid_pos = [j for j, i in enumerate(idx) if rows[i]["kind"] == "sid"]
+        text_pos = [j for j, i in enumerate(idx) if rows[i]["kind"] == "text"]
+        # one free-reply pass: SID questions without and with the constraint, text questions with it
+        free_rows = sid_pos + sid_pos + text_pos
+        flags = [False] * len(sid_pos) + [True] * (len(sid_pos) + len(text_pos))
+        max_new = min(cap, max(rows[idx[j]]["ref_tokens"] for j in free_rows) + 2)
+        replies = dec.greedy(st, free_rows, max_new, flags)
+        free, free_c, text_replies = (replies[: len(sid_pos)], replies[len(sid_pos): 2 * len(sid_pos)],
+                                      replies[2 * len(sid_pos):])
+        if sid_pos:
+            top1 = dec.beam(st, sid_pos, 1).items[:, 0].cpu().numpy()
+            topk = dec.beam(st, sid_pos, beam).items.cpu().numpy()
+            for n, j in enumerate(sid_pos):
+                row = rows[idx[j]]
+                truth_items = {trie.item_of(t) for t in row["truths"]} - {None}
+                pred = codes[top1[n]].tolist() if top1[n] >= 0 else None
+                row.update(greedy_item=int(top1[n]), depth=match_depth(pred, row["truths"]),
+                           hit_at_k=bool(truth_items & set(topk[n].tolist())), topk=topk[n].tolist(),
+                           reply=free_c[n], reply_unconstrained=free[n],
+                           valid_unconstrained=dec.valid(free[n]), valid_constrained=dec.valid(free_c[n]),
+                           depth_unconstrained=match_depth(dec.first_item_codes(free[n]), row["truths"]))
+        for n, j in enumerate(text_pos):
+            row = rows[idx[j]]
+            reply = text_replies[n]
+            row.update(reply=reply, text_exact=normalize_text(reply) == normalize_text(row["reference"]),
+                       f1=token_f1(reply, row["reference"]))
+    detail = pd.DataFrame(rows).drop(columns=["prompt_ids"])
+    return task_table(detail, table.scheme.levels, beam), detail
+
+
+def task_table(detail: pd.DataFrame, levels: int, beam: int) -> pd.DataFrame:
+    """One row per task from the per-conversation results."""
+    keys = accuracy_keys(levels)
+    out = []
+    for task, g in detail.groupby("task", sort=False):
+        row: dict[str, Any] = {"task": task, "kind": g["kind"].iat[0], "n": len(g)}
+        if row["kind"] == "sid":
+            depth = g["depth"].to_numpy()
+            row.update({key: float((depth >= k).mean()) for k, key in enumerate(keys, start=1)})
+            row[f"exact_at_{beam}"] = float(g["hit_at_k"].mean())
+            row["exact_unconstrained"] = float((g["depth_unconstrained"].to_numpy() >= levels).mean())
+            row["valid_unconstrained"] = float(g["valid_unconstrained"].mean())
+            row["valid_constrained"] = float(g["valid_constrained"].mean())
+        else:
+            row.update(exact=float(g["text_exact"].mean()), f1=float(g["f1"].mean()))
+        out.append(row)
+    return pd.DataFrame(out).set_index("task")
+
+
+# --------------------------------------------------------------------------- recommender
+
+
+def recommend_topk(model: Any, tok: Any, table: SidTable, histories: Sequence[Sequence[int]], cfg: Config,
+                   k: int | None = None) -> np.ndarray:
+    """[B, k] existing item ids per history, ranked by constrained beam score (-1 padding)."""
+    return Decoder(model, tok, table, cfg.llm).recommend(histories, cfg, k or cfg.eval.rec_beam)
+
+
+def test_samples(split: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The baselines' test samples (history = train + valid item) with a history to prompt with;
+    a seeded sample of `eval.users` of them when set."""
+    s = splitlib.samples(split, "test")
+    s = s[s["history"].map(len) > 0].reset_index(drop=True)
+    n = cfg.eval.users
+    if n and n < len(s):
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(s), n, replace=False))
+        s = s.iloc[keep].reset_index(drop=True)
+    return s
+
+
+def evaluate_recommender(dec: Decoder, samples: pd.DataFrame, cfg: Config, train_counts: np.ndarray,
+                         progress: bool = True) -> dict[str, Any]:
+    """`metrics.evaluate_topk` of the LLM on the samples, with the baselines' protocol
+    (history masking, cold threshold); adds the beam width and the time per user."""
+    k = cfg.eval.rec_beam
+    t0 = time.perf_counter()
+    res = metrics.evaluate_topk(lambda h: dec.recommend(h, cfg, k, progress=progress), samples,
+                                batch_size=max(len(samples), 1), exclude_history=cfg.baselines.exclude_history,
+                                train_counts=train_counts, cold_threshold=cfg.baselines.cold_threshold)
+    seconds = time.perf_counter() - t0
+    res.update(beam=k, seconds=round(seconds, 1), ms_per_user=round(1000 * seconds / max(len(samples), 1), 1))
+    return res
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _row(name: str, m: Mapping[str, Any], ranking: str) -> dict[str, Any]:
+    return {"model": name, "ndcg@10": m.get("ndcg@10"), "hit@10": m.get("hit@10"), "mrr": m.get("mrr"),
+            "ndcg@10_cold": m.get("ndcg@10_cold"), "hit@10_cold": m.get("hit@10_cold"),
+            "n_users": m.get("n_users"), "n_cold": m.get("n_cold"), "ranking": ranking}
+
+
+def rec_summary(res: Mapping[str, Any]) -> dict[str, Any]:
+    """An `evaluate_topk` result in the baselines' summary.json layout."""
+    return {"ndcg@10": res["all"].get("ndcg@10"), "hit@10": res["all"].get("hit@10"), "mrr": res["all"].get("mrr"),
+            "ndcg@10_cold": res["cold"].get("ndcg@10"), "hit@10_cold": res["cold"].get("hit@10"),
+            "n_users": res["n_users"], "n_cold": res["n_cold"], "beam": res.get("beam"),
+            "ms_per_user": res.get("ms_per_user")}
+
+
+def comparison_table(baselines: Mapping[str, Mapping[str, Any]], llms: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Every model on one table: the baselines' summary entries (07) and the LLMs' `rec_summary`
+    rows. `ranking` says what a row's MRR means: full ranking over all items, or a list of k
+    beams (MRR@k, a lower bound); `n_users` how many test users the row was measured on."""
+    rows = []
+    for key, m in baselines.items():
+        ranking = f"top-{m['beam']} beams" if m.get("beam") else "full ranking"
+        rows.append(_row(BASELINE_NAMES.get(key, key), m, ranking))
+    for name, m in llms.items():
+        rows.append(_row(name, m, f"top-{m.get('beam')} beams"))
+    return pd.DataFrame(rows, columns=["model", *TABLE_COLUMNS]).set_index("model")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_folder(cfg: Config, model_dir: str = "") -> str:
+    """The fine-tuned model to evaluate: `model_dir`, else eval.model_dir, else this profile's
+    08 output. An error names the missing folder and the stage that makes it."""
+    where = model_dir or cfg.eval.model_dir
+    if where:
+        p = paths.resolve_data_path(where)
+        if p.exists():
+            return str(p)
+        if where.startswith(("/", ".", "~", "shared:")) or where.count("/") != 1:
+            raise FileNotFoundError(f"no model folder at {p} (eval.model_dir / model_dir: an HF folder or a "
+                                    "hub id such as owner/name)")
+        return where  # owner/name: a hub id
+    folder = paths.stage_dir(cfg.profile, "08-finetune", create=False) / "model"
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"no fine-tuned model at {folder}: run 08-finetune "
+                                f"(python -m sidlib run --profile {cfg.profile} --stages 08)")
+    return str(folder)
+
+
+def sid_table_for(where: str, cfg: Config) -> SidTable:
+    """The SID table that travels with a model (08 saves it beside the weights); a model without
+    one (a hub id, another trainer's folder) uses this profile's 05-sids table."""
+    folder = Path(where)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(where, allow_patterns=list(SidTable.FILES.values())))
+        except Exception as e:  # noqa: BLE001 - offline or not on the hub: fall back below
+            log.info("no SID table downloadable for %s (%s)", where, e)
+    if all((folder / f).exists() for f in SidTable.FILES.values()):
+        return SidTable.load(folder)
+    sid_dir = paths.stage_dir(cfg.profile, "05-sids", create=False)
+    log.warning("%s has no SID table: using %s", where, sid_dir)
+    return SidTable.load(sid_dir)
+
+
+def device_of(cfg: Config) -> str:
+    if cfg.llm.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.llm.device
+
+
+def load_finetuned(cfg: Config, model_dir: str = "") -> tuple[Any, Any, SidTable, str]:
+    """(model, tokenizer, SID table, where it came from) of the fine-tuned model."""
+    where = model_folder(cfg, model_dir)
+    device = device_of(cfg)
+    tok = base.load_tokenizer(cfg.llm, source=where)
+    model = base.load_model(cfg.llm, source=where, device=device, attn="sdpa").eval()
+    table = sid_table_for(where, cfg)
+    vocab.sid_token_ids(tok, table.scheme)  # a model without the SID tokens fails here, named
+    return model, tok, table, where
+
+
+def load_floor(cfg: Config, table: SidTable) -> tuple[Any, Any]:
+    """The base model before fine-tuning: SID tokens added and initialised as 08 does
+    (finetune.init), no training step — what the SID vocabulary alone gives."""
+    from .train import prepare_model
+
+    device = device_of(cfg)
+    model, tok, _info = prepare_model(cfg, table, "cpu", "sdpa")
+    return model.to(device).eval(), tok
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class EvalOutputs:
+    """What `run` measured and wrote to artifacts/<profile>/09-eval/."""
+
+    out: Path
+    metrics: dict[str, Any]  # the summary.json "eval" entry
+    tasks: pd.DataFrame  # one row per task
+    detail: pd.DataFrame  # one row per evaluated conversation, replies included
+    comparison: pd.DataFrame  # every model
+    plots: dict[str, Path]
+
+
+def _baseline_metrics(profile: str) -> dict[str, dict[str, Any]]:
+    entry = summary.load(profile)["stages"].get("baselines") or {}
+    found = entry.get("metrics") or {}
+    if not found:
+        log.warning("no 07-baselines metrics in summary.json of %s: the table holds the LLMs only", profile)
+    return found
+
+
+def plot_tasks(tasks: pd.DataFrame, levels: int, beam: int, path: Path) -> Path:
+    cols = [*accuracy_keys(levels), f"exact_at_{beam}"]
+    sid = tasks[tasks["kind"] == "sid"]
+    frame = sid[cols] if len(sid) else pd.DataFrame({c: [0.0] for c in cols}, index=["(no SID task)"])
+    return plots.bars(frame, path, title="SID answers: hierarchical accuracy (greedy) and exact@k (beams)")
+
+
+def run(cfg: Config, model_dir: str = "", progress: bool = True) -> EvalOutputs:
+    """Stage 09 of a profile (notebook 09 and the CLI): read 01, 05, 06, 07's summary and the 08
+    model, measure, write tasks.csv, predictions.jsonl, comparison.csv, eval_report.json, plots."""
+    from ..data.prep import Prepared
+    from . import sft_data
+
+    t0 = time.perf_counter()
+    out = paths.stage_dir(cfg.profile, STAGE_DIR)
+    split = Prepared.load(paths.stage_dir(cfg.profile, "01-prep", create=False)).split
+    _train, valid = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
+    sids05 = SidTable.load(paths.stage_dir(cfg.profile, "05-sids", create=False))
+    model, tok, table, where = load_finetuned(cfg, model_dir)
+    if not np.array_equal(table.codes, sids05.codes):
+        raise ValueError(f"the SID table of {where} differs from 05-sids of {cfg.profile}: the model was "
+                         "trained on other SIDs (rerun 08-finetune)")
+    dec = Decoder(model, tok, table, cfg.llm)
+    tasks, detail = task_accuracy(model, tok, table, valid, cfg, progress=progress, decoder=dec)
+    samples = test_samples(split, cfg)
+    counts = splitlib.item_train_counts(split, len(table))
+    recs = {FINETUNED: evaluate_recommender(dec, samples, cfg, counts, progress)}
+    del dec, model
+    if cfg.eval.floor:
+        fmodel, ftok = load_floor(cfg, table)
+        recs[FLOOR] = evaluate_recommender(Decoder(fmodel, ftok, table, cfg.llm), samples, cfg, counts, progress)
+        del fmodel
+    llm_rows = {name: rec_summary(r) for name, r in recs.items()}
+    comparison = comparison_table(_baseline_metrics(cfg.profile), llm_rows)
+    levels, beam = table.scheme.levels, cfg.eval.beam
+    sid_rows = detail[detail["kind"] == "sid"]
+    llm = {"tasks": {t: {k: v for k, v in row.items() if k != "kind" and pd.notna(v)}
+                     for t, row in tasks.to_dict("index").items()},
+           "valid_rate_unconstrained": float(sid_rows["valid_unconstrained"].mean()) if len(sid_rows) else None,
+           "valid_rate_constrained": float(sid_rows["valid_constrained"].mean()) if len(sid_rows) else None,
+           **llm_rows[FINETUNED]}
+    plot_paths = {
+        "comparison": plots.bars(comparison[["ndcg@10", "hit@10", "ndcg@10_cold", "hit@10_cold"]].fillna(0.0),
+                                 out / "comparison.png", title=f"{cfg.profile}: test users (n per row in the table)"),
+        "tasks": plot_tasks(tasks, levels, beam, out / "tasks.png"),
+    }
+    result = {"llm": llm, "floor": llm_rows.get(FLOOR), "table": comparison.reset_index().to_dict("records"),
+              "model_dir": where, "per_task": cfg.eval.per_task, "users": int(len(samples)),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    tasks.to_csv(out / "tasks.csv")
+    comparison.to_csv(out / "comparison.csv")
+    detail.to_json(out / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+    (out / "eval_report.json").write_text(json.dumps(summary.jsonable(
+        {**result, "recommender": {n: {k: v for k, v in r.items() if k != "ranks"} for n, r in recs.items()}}),
+        indent=1))
+    return EvalOutputs(out, summary.jsonable(result), tasks, detail, comparison, plot_paths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .. import config as config_mod
+
+    ap = argparse.ArgumentParser(prog="python -m sidlib.llm.eval", description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default=config_mod.DEFAULT_PROFILE)
+    ap.add_argument("--set", action="append", default=[], metavar="section.key=value")
+    ap.add_argument("--model-dir", default="", help="an HF folder or hub id (default: the profile's 08 model)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_mod.load(args.profile, args.set)
+    res = run(cfg, args.model_dir)
+    summary.record(cfg, "eval", res.metrics, plots=list(res.plots.values()))
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(res.tasks.round(3).to_string())
+        print(res.comparison.round(4).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
