@@ -12,7 +12,6 @@ process or data-parallel over several (DDP through accelerate):
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -250,21 +249,17 @@ def run_stage(cfg: Config, models: tuple[str, ...] = MODELS, resume: bool = True
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m sidlib.baselines`: the stage from a shell, also under `accelerate launch`."""
-    ap = argparse.ArgumentParser(
-        prog="python -m sidlib.baselines",
-        description="Stage 07 (notebooks/07-baselines.ipynb) from a shell. Data-parallel on several "
-                    "GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N "
-                    "-m sidlib.baselines --profile P")
-    ap.add_argument("--profile", default=config_mod.DEFAULT_PROFILE,
-                    help=f"one of {', '.join(config_mod.list_profiles())}")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a profile value (repeatable), e.g. --set baselines.epochs=50")
+    ap = config_mod.cli_parser(
+        "python -m sidlib.baselines",
+        "Stage 07 (notebooks/07-baselines.ipynb) from a shell. Data-parallel on several "
+        "GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N "
+        "-m sidlib.baselines --profile P")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     ap.add_argument("--no-resume", action="store_true", help="retrain from scratch instead of resuming checkpoints")
     args = ap.parse_args(argv)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     try:
-        cfg = config_mod.load(args.profile, config_mod.parse_overrides(args.overrides))
+        cfg = config_mod.from_cli(args)
         if not models or set(models) - set(MODELS):
             raise config_mod.ConfigError(f"--models {args.models!r}: choose among {','.join(MODELS)}")
     except config_mod.ConfigError as e:

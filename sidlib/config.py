@@ -6,6 +6,7 @@ the key, not a silently ignored setting.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -381,3 +382,18 @@ def load(profile: str = DEFAULT_PROFILE, overrides: dict[str, Any] | list[str] |
         node[parts[-1]] = value
     raw["profile"] = Path(profile).stem
     return _build(Config, raw, f"profile {profile!r}")
+
+
+def cli_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The shared arguments of every stage entry point (`python -m sidlib.baselines`,
+    `sidlib.llm.train`, `sidlib.llm.eval`): --profile and repeatable --set overrides."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {', '.join(list_profiles())}")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a profile value (repeatable), e.g. --set finetune.stage1_steps=50")
+    return ap
+
+
+def from_cli(args: argparse.Namespace) -> Config:
+    """The Config a `cli_parser` command line names."""
+    return load(args.profile, parse_overrides(args.overrides))

@@ -6,6 +6,9 @@ block it allows only the code tokens that continue some item's SID (the dense pr
 outside blocks it leaves the scores alone, so free text is untouched. Rows are independent, so
 the same processor serves greedy, sampling and beam search (beams are rows), batched.
 
+`ReplyOnly` shows the constraint only the reply (a prompt may hold an open SID prefix, e.g.
+"what category is <|sid_start|><|sid_3|>…?", which is not a block the reply must close).
+
 `render` turns SIDs in generated text into titles for people: a known SID becomes its title,
 an unknown one its longest known prefix, marked, or "unknown SID" — never an exception.
 """
@@ -87,6 +90,17 @@ class SidConstraint(LogitsProcessor):
         banned[closing] = True
         banned[closing, self.end_id] = False
         return scores.masked_fill(banned, float("-inf"))
+
+
+class ReplyOnly(LogitsProcessor):
+    """Shows a processor (a SidConstraint) only the reply and the last prompt token, so an open
+    SID prefix inside the prompt is not taken for a block the reply must close."""
+
+    def __init__(self, inner: LogitsProcessor, prompt_len: int):
+        self.inner, self.start = inner, max(prompt_len - 1, 0)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.inner(input_ids[:, self.start:], scores)
 
 
 def render(text: str, table: SidTable, mark: bool = True) -> str:

@@ -25,7 +25,8 @@ import torch
 from ..config import Config
 from ..sids import REC, SidTable
 from .decode import render
-from .eval import Decoder, ReplyOnly, load_finetuned, rec_messages
+from .decode import ReplyOnly
+from .eval import Decoder, load_finetuned, rec_messages
 
 
 @dataclass

@@ -35,7 +35,6 @@ Decoding choices, and why:
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -50,7 +49,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from transformers import LogitsProcessor
 
 from .. import metrics, paths, plots, summary
 from .. import split as splitlib
@@ -58,7 +56,7 @@ from ..config import Config, LLMConfig
 from ..models.beam import BeamResult, CodeTrie, beam_search
 from ..sids import REC, SID_START, SidTable
 from . import base, chat, vocab
-from .decode import SidConstraint
+from .decode import ReplyOnly, SidConstraint  # noqa: F401  (ReplyOnly: also reached as eval.ReplyOnly)
 
 log = logging.getLogger("sidlib.llm.eval")
 
@@ -194,17 +192,6 @@ def step(model: Any, state: Prefilled, tokens: torch.Tensor) -> Prefilled:
     out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
                 past_key_values=state.cache, use_cache=True)
     return Prefilled(out.past_key_values, mask, pos, out.logits[:, -1].float(), tokens)
-
-
-class ReplyOnly(LogitsProcessor):
-    """Shows a processor (the SidConstraint) only the reply and the last prompt token, so an open
-    SID prefix inside the prompt is not taken for a block the reply must close."""
-
-    def __init__(self, inner: LogitsProcessor, prompt_len: int):
-        self.inner, self.start = inner, max(prompt_len - 1, 0)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return self.inner(input_ids[:, self.start:], scores)
 
 
 class _Rows:
@@ -692,13 +679,11 @@ def run(cfg: Config, model_dir: str = "", progress: bool = True) -> EvalOutputs:
 def main(argv: list[str] | None = None) -> int:
     from .. import config as config_mod
 
-    ap = argparse.ArgumentParser(prog="python -m sidlib.llm.eval", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default=config_mod.DEFAULT_PROFILE)
-    ap.add_argument("--set", action="append", default=[], metavar="section.key=value")
+    ap = config_mod.cli_parser("python -m sidlib.llm.eval", __doc__.split("\n")[0])
     ap.add_argument("--model-dir", default="", help="an HF folder or hub id (default: the profile's 08 model)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_mod.load(args.profile, args.set)
+    cfg = config_mod.from_cli(args)
     res = run(cfg, args.model_dir)
     summary.record(cfg, "eval", res.metrics, plots=list(res.plots.values()))
     with pd.option_context("display.width", 160, "display.max_columns", 20):

@@ -22,7 +22,6 @@ What we add by hand, and why:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -431,13 +430,11 @@ def run(cfg: Config, resume: bool = True) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from .. import config as config_mod
 
-    ap = argparse.ArgumentParser(prog="python -m sidlib.llm.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default=config_mod.DEFAULT_PROFILE)
-    ap.add_argument("--set", action="append", default=[], metavar="section.key=value")
+    ap = config_mod.cli_parser("python -m sidlib.llm.train", __doc__.split("\n")[0])
     ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming from checkpoints")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config_mod.load(args.profile, args.set)
+    cfg = config_mod.from_cli(args)
     out = run(cfg, resume=not args.no_resume)
     print(json.dumps(out["metrics"], indent=2, default=str))
     return 0
