@@ -1,6 +1,7 @@
 """sidlib's SASRec beside RecBole 1.2.1's SASRec: same split, same hyper-parameters, one run.
 
     .venv/bin/python bench/recbole_sasrec.py [--profile ml100k] [--threads 2] [--set baselines.epochs=5 ...]
+                                             [--seeds 0,1,2] [--ours-only]
 
 Needs the RecBole venv (`.venv-recbole`, see `bench/setup_recbole_venv.sh`). The script, in the
 main venv:
@@ -183,9 +184,13 @@ def check_same_samples(split: pd.DataFrame, rb: dict[str, Any], max_len: int) ->
     return report
 
 
-def rows(ours: dict[str, Any], rb: dict[str, Any], protocol: str) -> pd.DataFrame:
+def rows(run: dict[str, Any], protocol: str) -> pd.DataFrame:
+    """One seed's table: sidlib, and RecBole when it ran."""
     table = []
-    for name, r in (("sidlib SASRec", ours), ("RecBole 1.2.1 SASRec", rb)):
+    for name, side in (("sidlib SASRec", "sidlib"), ("RecBole 1.2.1 SASRec", "recbole")):
+        if side not in run:
+            continue
+        r = run[side]
         res = r["results"][protocol]
         table.append({
             "model": name, "valid NDCG@10": res["valid"]["ndcg@10"], "test NDCG@10": res["test"]["ndcg@10"],
@@ -206,12 +211,17 @@ def main() -> int:
     ap.add_argument("--recbole-time-limit", type=float, default=0, metavar="MIN",
                     help="stop RecBole's training after the first validation past MIN minutes (0 = none; "
                          "the result says so: its figures are then those of a truncated run)")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds, each a run of both sides (default: the profile's seed)")
+    ap.add_argument("--ours-only", action="store_true", help="train sidlib's SASRec only (no RecBole venv needed)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     overrides = config.parse_overrides(args.overrides)
     cfg = config.load(args.profile, overrides)
     bcfg = dataclasses.replace(cfg.baselines, device="cpu")  # the comparison is on CPU, both sides
     params = recbole_params(bcfg, cfg.seed)  # fails before any training on an unsupported setting
+    if not args.ours_only and not RECBOLE_PYTHON.exists():
+        raise SystemExit(f"{RECBOLE_PYTHON} not found: create the RecBole venv first (bench/setup_recbole_venv.sh), "
+                         "or pass --ours-only")
     if runner.run(args.profile, "01", overrides) != 0:  # skipped when up to date
         return 1
     prepared = Prepared.load(paths.stage_dir(cfg.profile, "01-prep", create=False))
@@ -223,46 +233,60 @@ def main() -> int:
     dataset = f"sidlib-{cfg.profile}"
     write_atomic(split, work / "data", dataset)
 
-    print(f"== sidlib SASRec ({args.threads} threads)", flush=True)
-    set_seed(cfg.seed)
-    ours = run_ours(split, n_items, bcfg, cfg.seed)
-    print(f"== RecBole 1.2.1 SASRec ({args.threads} threads)", flush=True)
-    rb = run_recbole(work / "data", dataset, params, args.threads, bcfg.exclude_history, work,
-                     args.recbole_anomaly_detection, 60 * args.recbole_time_limit)
-    same = check_same_samples(split, rb, bcfg.max_len)
-    want_masked = int(sum(len(t) + 1 for t in split["train"]))  # train prefix + valid item, every user
-    if bcfg.exclude_history and rb["mask_items"] != want_masked:
-        raise SystemExit(f"RecBole's history mask holds {rb['mask_items']} items, expected {want_masked}")
-    if rb["n_items"] != n_items:
-        raise SystemExit(f"RecBole sees {rb['n_items']} items, sidlib {n_items}")
-
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [cfg.seed]
     protocol = "masked" if bcfg.exclude_history else "unmasked"
-    frame = rows(ours, rb, protocol)
+    runs = []
+    for seed in seeds:
+        print(f"== seed {seed}: sidlib SASRec ({args.threads} threads)", flush=True)
+        set_seed(seed)
+        ours = run_ours(split, n_items, bcfg, seed)
+        run: dict[str, Any] = {"seed": seed, "sidlib": ours}
+        if not args.ours_only:
+            print(f"== seed {seed}: RecBole 1.2.1 SASRec ({args.threads} threads)", flush=True)
+            rb = run_recbole(work / "data", dataset, recbole_params(bcfg, seed), args.threads, bcfg.exclude_history,
+                             work, args.recbole_anomaly_detection, 60 * args.recbole_time_limit)
+            run["same_samples"] = check_same_samples(split, rb, bcfg.max_len)
+            want_masked = int(sum(len(t) + 1 for t in split["train"]))  # train prefix + valid item, every user
+            if bcfg.exclude_history and rb["mask_items"] != want_masked:
+                raise SystemExit(f"RecBole's history mask holds {rb['mask_items']} items, expected {want_masked}")
+            if rb["n_items"] != n_items:
+                raise SystemExit(f"RecBole sees {rb['n_items']} items, sidlib {n_items}")
+            if rb.get("stopped_by_time_limit"):
+                print(f"NOTE: RecBole's training was cut by --recbole-time-limit after {rb['epochs_run']} epochs "
+                      f"(it had not early-stopped): its figures are those of a truncated run")
+            run["recbole"] = {k: v for k, v in rb.items() if k != "samples"}
+        runs.append(run)
+
     print(f"\n{cfg.profile}: full ranking over {n_items} items, history {protocol}, "
-          f"{same['test']['users']} test users (same users, targets and histories on both sides), "
-          f"{args.threads} torch threads, {platform.machine()} {os.cpu_count()} cores")
+          f"{int((split['test'] != S.NONE).sum())} test users (same users, targets and histories on both sides), "
+          f"{args.threads} torch threads, {platform.machine()} {os.cpu_count()} cores, seeds {seeds}")
+    frame = pd.concat([rows(r, protocol).assign(seed=r["seed"]) for r in runs]).reset_index().set_index(["seed", "model"])
     print(frame.round(4).to_string())
     if protocol == "masked":
         print("\nunmasked (RecBole's stock protocol for sequential models):")
-        print(rows(ours, rb, "unmasked")[["valid NDCG@10", "test NDCG@10", "test Hit@10"]].round(4).to_string())
-    if rb.get("stopped_by_time_limit"):
-        print(f"\nNOTE: RecBole's training was cut by --recbole-time-limit after {rb['epochs_run']} epochs "
-              f"(it had not early-stopped): its figures are those of a truncated run")
-    ratio_ndcg = ours["results"][protocol]["test"]["ndcg@10"] / rb["results"][protocol]["test"]["ndcg@10"]
-    ratio_train = ours["train_seconds"] / rb["train_seconds"]
-    ratio_fit = ours["fit_seconds"] / rb["fit_seconds"]
-    print(f"\nsidlib / RecBole: test NDCG@10 x{ratio_ndcg:.3f}, train time x{ratio_train:.3f}, fit time x{ratio_fit:.3f}"
-          f"  (goal: NDCG >= x1.0 at <= x0.5 time)")
+        unm = pd.concat([rows(r, "unmasked").assign(seed=r["seed"]) for r in runs]).reset_index().set_index(["seed", "model"])
+        print(unm[["valid NDCG@10", "test NDCG@10", "test Hit@10"]].round(4).to_string())
+    means = frame.groupby(level="model").agg(["mean", "std"]) if len(seeds) > 1 else None
+    if means is not None:
+        print(f"\nmean and std over seeds {seeds}:")
+        print(means[["test NDCG@10", "test Hit@10", "train s"]].round(4).to_string())
+    ratios = None
+    if not args.ours_only:
+        mean_of = lambda side, f: float(np.mean([f(r[side]) for r in runs]))  # noqa: E731
+        test_ndcg = lambda r: r["results"][protocol]["test"]["ndcg@10"]  # noqa: E731
+        ratios = {"test_ndcg@10": mean_of("sidlib", test_ndcg) / mean_of("recbole", test_ndcg),
+                  "train_seconds": mean_of("sidlib", lambda r: r["train_seconds"]) / mean_of("recbole", lambda r: r["train_seconds"]),
+                  "fit_seconds": mean_of("sidlib", lambda r: r["fit_seconds"]) / mean_of("recbole", lambda r: r["fit_seconds"])}
+        print(f"\nsidlib / RecBole (means over seeds): test NDCG@10 x{ratios['test_ndcg@10']:.3f}, "
+              f"train time x{ratios['train_seconds']:.3f}, fit time x{ratios['fit_seconds']:.3f}"
+              f"  (goal: NDCG >= x1.0 at <= x0.5 time)")
 
-    rb_out = {k: v for k, v in rb.items() if k != "samples"}
     result = {
-        "profile": cfg.profile, "overrides": overrides, "protocol": protocol, "n_items": n_items,
+        "profile": cfg.profile, "overrides": overrides, "protocol": protocol, "n_items": n_items, "seeds": seeds,
         "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "threads": args.threads,
                     "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         "hyper_parameters": {"sidlib": dataclasses.asdict(bcfg), "recbole": params},
-        "same_samples": same, "ratios": {"test_ndcg@10": ratio_ndcg, "train_seconds": ratio_train, "fit_seconds": ratio_fit},
-        "table": frame.reset_index().to_dict(orient="records"),
-        "sidlib": ours, "recbole": rb_out,
+        "ratios": ratios, "table": frame.reset_index().to_dict(orient="records"), "runs": runs,
     }
     path = paths.artifacts_root() / "bench" / "recbole_sasrec.json"
     path.write_text(json.dumps(summary.jsonable(result), indent=1))

@@ -165,6 +165,9 @@ class BaselineConfig:
     gr_loss_items: int = 1
     gr_shared_head: bool = True
     gr_epochs: int = 30  # SID-GR trains on every prefix (TIGER-style augmentation): fewer epochs
+    # SID-GR's own batch: its samples are prefixes (many more, and shorter, than SASRec's windows
+    # of max_len + 1 items), so it keeps a large batch where SASRec may want a small one
+    gr_batch_size: int = 256
     gr_max_items: int = 20  # history items in the prompt (the NVIDIA example uses 30)
     gr_dropout: float = 0.1
     gr_patience: int = 3

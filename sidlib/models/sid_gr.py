@@ -87,7 +87,7 @@ class SidGRConfig:
 
 
     # BaselineConfig fields shared with SASRec that SID-GR reads when it has no gr_<name> field
-    _SHARED = {"max_items": "max_len", "dropout": "dropout", "epochs": "epochs", "batch_size": "batch_size",
+    _SHARED = {"max_items": "max_len", "dropout": "dropout", "epochs": "epochs",
                "lr": "lr", "weight_decay": "weight_decay", "patience": "patience", "eval_every": "eval_every",
                "batch_users": "eval_batch_size", "device": "device"}
 
@@ -95,7 +95,7 @@ class SidGRConfig:
     def from_baseline(cls, b: Any, seed: int | None = None) -> "SidGRConfig":
         """From `sidlib.config.BaselineConfig`: every field `x` here is read from `gr_x` when the
         baseline config has it, else from the shared SASRec field (max_items <- max_len, dropout,
-        epochs, batch_size, lr, weight_decay, patience, eval_every, device), else the default."""
+        epochs, lr, weight_decay, patience, eval_every, device), else the default."""
         kw: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if hasattr(b, f"gr_{f.name}"):
