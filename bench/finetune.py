@@ -8,7 +8,7 @@
    (10-way choice by mean token log-likelihood of the true title vs 9 other titles, which moves
    long before greedy generation gets titles right).
 
-    python bench/finetune.py --profile ml100k [--steps 10] [--init-steps 30] [--parts packing,init]
+    python bench/finetune.py --profile ml100k [--steps 10] [--init-steps 30] [--parts packing,init] [--title-n 50]
 
 Prints a table and writes artifacts/bench/finetune_<profile>.json.
 """
@@ -89,14 +89,15 @@ def title_choice_accuracy(model, tok, cfg: config.Config, valid: pd.DataFrame, n
     return hits / len(rows)
 
 
-def init_compare(cfg: config.Config, sft: pd.DataFrame, valid: pd.DataFrame, table: SidTable, steps: int) -> dict:
+def init_compare(cfg: config.Config, sft: pd.DataFrame, valid: pd.DataFrame, table: SidTable, steps: int,
+                 title_n: int = 50) -> dict:
     out = {}
     for init in ("mean", "text"):
         cfg.finetune.init = init
         set_seed(cfg.seed)
         model, tok, info = train.prepare_model(cfg, table, "cpu", "sdpa")
         data = train.encode_frame(sft, tok, cfg.llm, steps * cfg.finetune.batch_size * 4, cfg.seed)
-        acc0 = title_choice_accuracy(model, tok, cfg, valid)
+        acc0 = title_choice_accuracy(model, tok, cfg, valid, n=title_n)
         vocab.freeze_all_but_embeddings(model)
         hooks = train.mask_old_rows(model, info["vocab_before"])
         plan = train.StagePlan("stage1", cfg.finetune.stage1_lr, steps, 1.0, 0.0, cfg.finetune.warmup_ratio)
@@ -107,7 +108,7 @@ def init_compare(cfg: config.Config, sft: pd.DataFrame, valid: pd.DataFrame, tab
             h.remove()
         out[init] = {"steps": res.steps, "first_loss": res.history[0]["loss"] if res.history else None,
                      "final_loss": round(res.final_loss, 4), "title_acc_before": acc0,
-                     "title_acc_after": title_choice_accuracy(model, tok, cfg, valid),
+                     "title_acc_after": title_choice_accuracy(model, tok, cfg, valid, n=title_n),
                      "seconds": round(res.seconds, 1), "tokens_per_second": round(res.tokens_per_second, 1)}
     return out
 
@@ -119,6 +120,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="training steps per packing run")
     ap.add_argument("--init-steps", type=int, default=30, help="stage-1 steps per initialisation")
     ap.add_argument("--parts", default="packing,init")
+    ap.add_argument("--title-n", type=int, default=50, help="valid sid_to_title conversations for the 10-way title choice")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
@@ -135,7 +137,7 @@ def main() -> None:
         print(f"speedup {p['speedup']}x; one real batch: packed loss {p['batch_loss']['packed']:.6f} "
               f"vs padded {p['batch_loss']['padded']:.6f}")
     if "init" in args.parts:
-        result["init"] = init_compare(cfg, sft, valid, table, args.init_steps)
+        result["init"] = init_compare(cfg, sft, valid, table, args.init_steps, args.title_n)
         print(pd.DataFrame(result["init"]).T.to_string())
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out = paths.artifacts_root() / "bench" / f"finetune_{cfg.profile}.json"

@@ -47,6 +47,9 @@ def test_only_existing_items_come_out(setup, mode):
     for row in out:
         found = sids_in(tok, table, row[x.shape[1] - 1 :])
         assert found and found[0] is not None and trie.is_item(found[0]), tok.decode(row)
+        # every block, not just the first: no stray code or <|sid_end|> in the text after it
+        # (only the last block may be cut open by max_new_tokens)
+        assert all(c is not None and trie.is_item(c) for c in found[:-1]), tok.decode(row)
 
 
 def test_beam_results_sorted_and_distinct(setup):
@@ -64,11 +67,17 @@ def test_beam_results_sorted_and_distinct(setup):
 
 def test_free_text_untouched(setup):
     tok, model, table, constraint = setup
-    x = prompt(tok, "Hello, please describe a good telescope for a beginner")
     scores = torch.randn(1, len(tok))
-    assert torch.equal(constraint(x, scores.clone()), scores)  # no block open: scores as they are
-    closed = prompt(tok, f"I bought {table.sid_of(7)} and liked it")
-    assert torch.equal(constraint(closed, scores.clone()), scores)
+    block_only = torch.zeros(len(tok), dtype=torch.bool)
+    block_only[constraint.block_only] = True
+    assert int(block_only.sum()) == table.scheme.num_code_tokens + 1  # the codes and <|sid_end|>
+    for text in ("Hello, please describe a good telescope for a beginner", f"I bought {table.sid_of(7)} and liked it"):
+        out = constraint(prompt(tok, text), scores.clone())
+        # no block open: every other token keeps its score (free text, <|sid_start|>, <|rec|>) ...
+        assert torch.equal(out[0, ~block_only], scores[0, ~block_only])
+        assert torch.isfinite(out[0, tok.convert_tokens_to_ids(SID_START)])
+        # ... and a code or <|sid_end|> outside a block, a broken SID, cannot be written
+        assert torch.isinf(out[0, block_only]).all()
     # inside a block after the full L codes: only <|sid_end|>
     full = table.sid_of(7)[: -len("<|sid_end|>")]
     masked = constraint(prompt(tok, full), scores.clone())

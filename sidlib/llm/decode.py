@@ -3,7 +3,8 @@
 `SidConstraint` is a transformers `LogitsProcessor`. Inside a `<|sid_start|> ... <|sid_end|>`
 block it allows only the code tokens that continue some item's SID (the dense prefix trie of
 `sidlib.models.beam.CodeTrie`: one gather per level for all rows), then only `<|sid_end|>`;
-outside blocks it leaves the scores alone, so free text is untouched. Rows are independent, so
+outside blocks it withholds only the tokens that belong inside one (the code tokens and
+`<|sid_end|>`: a stray one would be a broken SID), so free text is untouched. Rows are independent, so
 the same processor serves greedy, sampling and beam search (beams are rows), batched.
 
 `ReplyOnly` shows the constraint only the reply (a prompt may hold an open SID prefix, e.g.
@@ -41,6 +42,9 @@ class SidConstraint(LogitsProcessor):
         code_ids = ids[:n_codes]
         # token ids of each level's codes, and token id -> code within its level
         self.level_ids = [code_ids[o : o + k] for o, k in zip(scheme.offsets, scheme.codebook_sizes)]
+        # outside a block these mean nothing (a SID opens with <|sid_start|>): a model that writes a
+        # stray code or <|sid_end|> in its text would leave a broken SID for the reader
+        self.block_only = torch.cat([code_ids, torch.tensor([self.end_id])])
         self.code_of = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
         for o, k in zip(scheme.offsets, scheme.codebook_sizes):
             self.code_of[code_ids[o : o + k]] = torch.arange(k)
@@ -72,10 +76,11 @@ class SidConstraint(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.trie.to(scores.device)
         depth, prefix = self._state(input_ids)
-        if (depth < 0).all():
-            return scores
         banned = torch.zeros_like(scores, dtype=torch.bool)
         inside = depth >= 0
+        outside = torch.nonzero(~inside).flatten()
+        if len(outside):  # free text stays free, only the SID-internal tokens are withheld
+            banned[outside.unsqueeze(1), self.block_only.to(scores.device).unsqueeze(0)] = True
         banned[inside] = True
         for level in range(self.levels):
             rows = torch.nonzero(depth == level).flatten()
