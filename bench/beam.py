@@ -1,7 +1,10 @@
 """Beam-search bench: SID-GR constrained decoding with and without a KV cache.
 
-    .venv/bin/python bench/beam.py [--users 32] [--beams 10,50,256] [--threads 1]
+    .venv/bin/python bench/beam.py [--profile ml100k] [--users 32] [--beams 10,50,256] [--threads 1]
                                    [--train-epochs 0] [--device cpu] [--max-items 20]
+
+With --profile, the codes are that profile's real 05-sids table and the histories its 01-prep
+split (run the chain first). Without it:
 
 Real SID-like codes: the 4,344 Amazon 2018 Scientific items, TF-IDF of titles -> SVD ->
 residual k-means 3 x 16 -> dedup level (4 levels, the model tests' helper in tests/conftest.py). Model:
@@ -43,6 +46,20 @@ def _codes_helper():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.title_codes
+
+
+def load_profile(profile: str):
+    """A profile's real chain outputs: the 05-sids table (the codes SID-GR decodes) and the 01-prep split."""
+    from sidlib.data.prep import Prepared
+    from sidlib.sids import SidTable
+    from sidlib.split import samples, training_sequences
+
+    table = SidTable.load(paths.stage_dir(profile, "05-sids", create=False))
+    if not np.array_equal(table.item_ids, np.arange(len(table))):
+        raise SystemExit("the 05-sids table must cover the dense item ids 0..N-1")
+    split = Prepared.load(paths.stage_dir(profile, "01-prep", create=False)).split
+    return (np.asarray(table.codes), list(table.scheme.codebook_sizes),
+            training_sequences(split, "valid")["item_ids"].tolist(), samples(split, "valid"))
 
 
 def load_data(max_users: int | None = None):
@@ -87,12 +104,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--history-len", type=int, default=0,
                     help="0 = the real histories; N = prepend random items up to N items (long-history scaling; sets --max-items N)")
-    ap.add_argument("--out", default=str(REPO / "artifacts" / "bench" / "beam.json"))
+    ap.add_argument("--profile", default="", help="decode the SIDs of this profile's 05-sids table over its 01-prep "
+                                                  "split (run the chain first); default: Scientific title codes")
+    ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
+    args.out = args.out or str(REPO / "artifacts" / "bench" / (f"beam_{args.profile}.json" if args.profile else "beam.json"))
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    codes, sizes, train, valid = load_data()
+    codes, sizes, train, valid = load_profile(args.profile) if args.profile else load_data()
     if args.history_len:
         args.max_items = args.history_len
     cfg = SidGRConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, max_items=args.max_items, dropout=0.0)
@@ -156,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {b} | " + " | ".join(f"{t[m]:.2f}" for m in modes) + " | " + " | ".join(f"{t[modes[0]] / t[m]:.1f}x" for m in modes[1:]) + " |")
     out = {
         "setup": {
+            "codes": f"{args.profile} 05-sids table" if args.profile else "Scientific title codes (tests' helper)",
             "items": int(len(codes)), "levels": len(sizes), "codebook_sizes": sizes, "users": len(hist),
             "history_tokens_mean": float(hist_tokens.mean()), "history_tokens_max": int(hist_tokens.max()),
             "model": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "max_items": args.max_items,
