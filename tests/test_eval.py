@@ -137,7 +137,13 @@ def test_constraint_sees_only_the_reply(tok, binary_table):
                  add_special_tokens=False)["input_ids"]
     x, scores = torch.tensor([prompt]), torch.randn(1, len(tok))
     assert torch.isfinite(constraint(x, scores.clone())).sum() == 1  # the raw view: only <|sid_end|>
-    assert torch.equal(ev.ReplyOnly(constraint, len(prompt))(x, scores.clone()), scores)
+    reply_view = ev.ReplyOnly(constraint, len(prompt))(x, scores.clone())
+    # the reply view: no block open, so free text keeps its scores; only the tokens that belong
+    # inside a block (codes, <|sid_end|>) are withheld
+    free = torch.ones(len(tok), dtype=torch.bool)
+    free[constraint.block_only] = False
+    assert torch.equal(reply_view[0, free], scores[0, free])
+    assert torch.isinf(reply_view[0, ~free]).all()
 
 
 # --------------------------------------------------------------------------- the recommender
