@@ -51,16 +51,6 @@ def batches(prompts: list[list[int]], size: int) -> list[list[list[int]]]:
     return [[prompts[i] for i in order[a: a + size]] for a in range(0, len(order), size)]
 
 
-def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(p) for p in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(batch):
-        ids[i, n - len(p):] = torch.tensor(p)
-        mask[i, n - len(p):] = 1
-    return ids, mask
-
-
 MODES: dict[str, dict[str, Any]] = {
     "greedy": dict(do_sample=False, temperature=None, top_p=None, top_k=None),
     "sample": dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0),
@@ -79,7 +69,7 @@ def run_mode(dec: E.Decoder, groups: list[list[list[int]]], mode: str, constrain
     seconds = 0.0
     sequences = 0
     for batch in groups:
-        ids, mask = left_pad(batch, dec.pad_id)
+        ids, mask = E.left_pad(batch, dec.pad_id)
         procs = [ReplyOnly(dec.constraint, ids.shape[1])] if constrained else None
         t0 = time.perf_counter()
         out = dec.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,

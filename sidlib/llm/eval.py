@@ -167,16 +167,22 @@ def _select_cache(cache: Any, rows: torch.Tensor) -> Any:
     return new
 
 
-@torch.no_grad()
-def prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> Prefilled:
-    """Left-pad the prompts (generation continues at the right edge of every row) and run them."""
-    device = next(model.parameters()).device
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [B, T] with every prompt ending at the right edge, where generation goes on."""
     n = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), n), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, n - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
         mask[i, n - len(p):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> Prefilled:
+    """Left-pad the prompts (generation continues at the right edge of every row) and run them."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(1) - 1).clamp(min=0)  # padding does not shift a prompt's positions
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
