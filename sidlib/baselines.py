@@ -87,7 +87,7 @@ def run_sid_gr(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log) ->
         samples = samples[samples["history"].map(len) > 0]  # a generative model needs a prompt
         t0 = time.perf_counter()
         res = metrics.evaluate_topk(
-            model.topk_fn(max(metrics.KS), gcfg.beam), samples, gcfg.batch_users,
+            model.topk_fn(max(metrics.KS), gcfg.beam), samples, gcfg.batch_users,  # beams skip the history too
             exclude_history=cfg.exclude_history, train_counts=counts, cold_threshold=cfg.cold_threshold)
         out[which] = _eval_row(res, time.perf_counter() - t0)
     return out

@@ -207,6 +207,20 @@ def test_recommender_returns_existing_items_ranked_like_transformers(cfg, small_
         assert out.sequences_scores.tolist() == sorted(out.sequences_scores.tolist(), reverse=True)
 
 
+def test_recommender_skips_the_history_inside_the_search(cfg, small_table, small_tok, random_lm):
+    """exclude_history: no history item comes out, and an exhaustive search (k = every item)
+    ranks the rest exactly as the unbanned search does."""
+    histories = [[3, 7, 1], [5], [0, 2, 4, 6, 8, 10, 12]]
+    n = len(small_table)
+    free = ev.recommend_topk(random_lm, small_tok, small_table, histories, cfg, k=n)
+    got = ev.recommend_topk(random_lm, small_tok, small_table, histories, cfg, k=n, exclude_history=True)
+    for h, f, g in zip(histories, free, got):
+        rest = [i for i in f.tolist() if i not in h]
+        assert g[: len(rest)].tolist() == rest and (g[len(rest):] == -1).all()
+    top = ev.recommend_topk(random_lm, small_tok, small_table, histories, cfg, k=5, exclude_history=True)
+    assert all(len(set(r)) == 5 and min(r) >= 0 and not set(r) & set(h) for r, h in zip(top.tolist(), histories))
+
+
 def test_comparison_table_rows_and_sample_sizes():
     baselines = {"popularity": {"ndcg@10": 0.02, "hit@10": 0.05, "mrr": 0.02, "n_users": 300, "n_cold": 41},
                  "sid_gr": {"ndcg@10": 0.01, "hit@10": 0.02, "mrr": 0.01, "n_users": 300, "n_cold": 41, "beam": 20}}

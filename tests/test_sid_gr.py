@@ -9,6 +9,7 @@ crash repeats the uninterrupted run exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -140,6 +141,56 @@ def test_beam_256_smaller_than_catalogue():
     assert r.items.shape == (2, 300)
     assert (r.items[:, :256] >= 0).all() and (r.items[:, 256:] == -1).all()
     assert all(len(set(row[:256].tolist())) == 256 for row in r.items)
+
+
+@pytest.mark.parametrize("cache", ["shared", "expand", "none"])
+def test_excluded_items_never_come_out_and_the_rest_keeps_its_order(cache):
+    """An exhaustive search with bans = the unbanned ranking minus the banned items, same scores;
+    a narrow one returns k allowed items (no beam wasted on a prefix whose items are all banned)."""
+    codes, sizes = synthetic_codes(200, sizes=(4, 4, 4))
+    m = tiny_model(codes, sizes)
+    hist = random_histories(5, len(codes), max_len=30)
+    # user 0 bans every item under level-1 code 0 (a whole subtree), user 4 nothing
+    subtree = np.flatnonzero(codes[:, 0] == 0).tolist()
+    bans = [subtree, hist[1], hist[2] + hist[2], [7], []]
+    free = beam_search(m, hist, m.trie, beam=256, cache=cache)
+    got = beam_search(m, hist, m.trie, beam=256, cache=cache, exclude=bans, batch_users=2)
+    for u in range(5):
+        keep = [(i, s) for i, s in zip(free.items[u].tolist(), free.scores[u].tolist()) if i >= 0 and i not in set(bans[u])]
+        n = len(keep)
+        assert n == 200 - len(set(bans[u]))
+        assert got.items[u, :n].tolist() == [i for i, _ in keep]
+        np.testing.assert_allclose(got.scores[u, :n].numpy(), [s for _, s in keep], rtol=0, atol=1e-10)
+        assert (got.items[u, n:] == -1).all()
+    narrow = beam_search(m, hist, m.trie, beam=10, cache=cache, exclude=bans)
+    for u in range(5):
+        row = narrow.items[u].tolist()
+        assert len(set(row)) == 10 and min(row) >= 0 and not set(row) & set(bans[u])
+        assert codes[row[0], 0] != 0 or u != 0
+    assert (m.topk_fn(10, 10, cache, exclude_history=True)(hist) == beam_search(
+        m, hist, m.trie, beam=10, cache=cache, exclude=hist).items.numpy()).all()
+    with pytest.raises(TrieError, match="excluded item id 200"):
+        beam_search(m, hist[:1], m.trie, beam=10, exclude=[[200]])
+    with pytest.raises(ValueError, match="exclude has 1 rows for 5"):
+        beam_search(m, hist, m.trie, beam=10, exclude=[[1]])
+
+
+def test_window_samples_when_every_item_carries_the_loss():
+    """loss_items=0: windows of max_items + 1 items overlapping by one (each transition once);
+    loss_items>=1: one sample per prefix."""
+    seqs = [list(range(14)), [1, 2], [5]]
+    win = SidGRConfig(max_items=6, loss_items=0)
+    assert training_samples(seqs, win) == [(0, 13), (0, 7), (0, 1), (1, 1)]
+    assert training_samples(seqs, dataclasses.replace(win, augment=False)) == [(0, 13), (1, 1)]
+    codes, sizes = synthetic_codes(50)
+    m = tiny_model(codes, sizes, loss_items=0)
+    targets = []
+    for i, e in training_samples(seqs, win):
+        _, lab_lv, lab_code = m.build_batch([seqs[i][: e + 1]])
+        targets += [int(lab_code[0][(lab_lv[0] == 0)][j]) for j in range(int((lab_lv[0] == 0).sum()))]
+    # every transition a -> b of the sequences is a target once: 13 + 1 level-0 labels
+    assert len(targets) == 14
+    assert training_samples(seqs, SidGRConfig(max_items=6, loss_items=1)) == [(0, e) for e in range(1, 14)] + [(1, 1)]
 
 
 def test_left_truncation_and_errors():

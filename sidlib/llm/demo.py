@@ -98,10 +98,12 @@ class Chat:
                              for m in self.history])
 
     # -- recommendations, as 09-eval ranks them
-    def recommend(self, history: Sequence[int], k: int = 5) -> pd.DataFrame:
+    def recommend(self, history: Sequence[int], k: int = 5, exclude_seen: bool | None = None) -> pd.DataFrame:
         """Top-k items for a history (item ids, oldest first) by constrained beam search on the
-        sequential prompt: rank, item_id, title, sid."""
-        items = self.dec.recommend([list(history)], self.cfg, k)[0]
+        sequential prompt: rank, item_id, title, sid. exclude_seen (default: the profile's
+        baselines.exclude_history, as 09 ranks): never an item of the history itself."""
+        ban = self.cfg.baselines.exclude_history if exclude_seen is None else exclude_seen
+        items = self.dec.recommend([list(history)], self.cfg, k, exclude_history=ban)[0]
         items = [int(i) for i in items if i >= 0]
         return pd.DataFrame({"rank": np.arange(1, len(items) + 1), "item_id": items,
                              "title": [self.title(i) for i in items], "sid": [self.table.sid_of(i) for i in items]})

@@ -302,12 +302,15 @@ class Decoder:
         cut = next((i for i, t in enumerate(ids) if t in self.ends), len(ids))
         return self.tok.decode(ids[:cut], skip_special_tokens=False).strip()
 
-    def beam(self, state: Prefilled, rows: Sequence[int], k: int) -> BeamResult:
+    def beam(self, state: Prefilled, rows: Sequence[int], k: int,
+             exclude: Sequence[Sequence[int]] | None = None) -> BeamResult:
         """Top-k existing items for some rows of a prefill, by constrained beam search after
-        <|sid_start|> (k = 1 is greedy under the trie). items [rows, k] (-1 padding), descending."""
+        <|sid_start|> (k = 1 is greedy under the trie). items [rows, k] (-1 padding), descending.
+        exclude: per row, items the beams must not produce (the SID-GR search's bans)."""
         lm = _BeamLM(self.model, state, self.start_id, self.level_ids)
         rows = list(rows)
-        return beam_search(lm, rows, self.trie, beam=k, topk=k, cache="expand", batch_users=max(len(rows), 1))
+        return beam_search(lm, rows, self.trie, beam=k, topk=k, cache="expand", batch_users=max(len(rows), 1),
+                           exclude=exclude)
 
     def codes_in(self, text: str) -> list[list[int] | None]:
         """Codes of every SID block of a reply (None: malformed)."""
@@ -324,9 +327,10 @@ class Decoder:
 
     # -- the recommender
     def recommend(self, histories: Sequence[Sequence[int]], cfg: Config, k: int, batch_size: int | None = None,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, exclude_history: bool = False) -> np.ndarray:
         """[B, k] item ids per history, best first (-1 padding), by constrained beam search on
-        06's sequential prompt. Prompts are batched by length (less padding)."""
+        06's sequential prompt. Prompts are batched by length (less padding). exclude_history:
+        the beams never produce an item of the user's (whole) history, as SID-GR's."""
         from tqdm import tqdm
 
         prompts = [self.prompt(rec_messages(h, self.table, cfg)) for h in histories]
@@ -336,7 +340,8 @@ class Decoder:
         batches = [order[a: a + bs] for a in range(0, len(order), bs)]
         for idx in tqdm(batches, desc="09 recommend", disable=not progress, mininterval=5.0):
             st = self.prefill([prompts[i] for i in idx])
-            out[idx] = self.beam(st, range(len(idx)), k).items.cpu().numpy()
+            bans = [histories[i] for i in idx] if exclude_history else None
+            out[idx] = self.beam(st, range(len(idx)), k, exclude=bans).items.cpu().numpy()
         return out
 
 
@@ -473,9 +478,11 @@ def task_table(detail: pd.DataFrame, levels: int, beam: int) -> pd.DataFrame:
 
 
 def recommend_topk(model: Any, tok: Any, table: SidTable, histories: Sequence[Sequence[int]], cfg: Config,
-                   k: int | None = None) -> np.ndarray:
-    """[B, k] existing item ids per history, ranked by constrained beam score (-1 padding)."""
-    return Decoder(model, tok, table, cfg.llm).recommend(histories, cfg, k or cfg.eval.rec_beam)
+                   k: int | None = None, exclude_history: bool = False) -> np.ndarray:
+    """[B, k] existing item ids per history, ranked by constrained beam score (-1 padding);
+    exclude_history: none of them is in its history."""
+    return Decoder(model, tok, table, cfg.llm).recommend(histories, cfg, k or cfg.eval.rec_beam,
+                                                         exclude_history=exclude_history)
 
 
 def test_samples(split: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -496,7 +503,8 @@ def evaluate_recommender(dec: Decoder, samples: pd.DataFrame, cfg: Config, train
     (history masking, cold threshold); adds the beam width and the time per user."""
     k = cfg.eval.rec_beam
     t0 = time.perf_counter()
-    res = metrics.evaluate_topk(lambda h: dec.recommend(h, cfg, k, progress=progress), samples,
+    ban = cfg.baselines.exclude_history  # the beams skip the history, as SID-GR's (sidlib.models.beam)
+    res = metrics.evaluate_topk(lambda h: dec.recommend(h, cfg, k, progress=progress, exclude_history=ban), samples,
                                 batch_size=max(len(samples), 1), exclude_history=cfg.baselines.exclude_history,
                                 train_counts=train_counts, cold_threshold=cfg.baselines.cold_threshold)
     seconds = time.perf_counter() - t0

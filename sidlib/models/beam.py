@@ -85,6 +85,13 @@ class CodeTrie:
             child.append(torch.from_numpy(table))
         self.child: list[torch.Tensor] = child
         self.codes = torch.from_numpy(codes)
+        # for excluding items (a user's history) during the search: each item's prefix index at
+        # every level 1..d, as `step` numbers them (on the last level the item id itself), and
+        # how many items lie under each prefix (`under[d]` is all ones)
+        ids = pids[1:d] + [np.arange(n)]
+        self.item_prefix = torch.from_numpy(np.stack(ids, 1))  # [n_items, d]
+        self.under = [torch.tensor([n])] + [
+            torch.from_numpy(np.bincount(p, minlength=self.n_prefixes[l + 1]).astype(np.int64)) for l, p in enumerate(ids)]
 
     # ---- device -------------------------------------------------------------------------
     @property
@@ -96,7 +103,13 @@ class CodeTrie:
         if self.device != device:
             self.child = [t.to(device) for t in self.child]
             self.codes = self.codes.to(device)
+            self.item_prefix = self.item_prefix.to(device)
+            self.under = [t.to(device) for t in self.under]
         return self
+
+    def exclusion(self, exclude: Sequence[Sequence[int]]) -> "Exclusion":
+        """Per-user banned items (e.g. each user's history) for `beam_search(..., exclude=)`."""
+        return Exclusion(self, exclude)
 
     # ---- vectorised lookups ---------------------------------------------------------------
     def allowed_mask(self, level: int, prefix_ids: torch.Tensor) -> torch.Tensor:
@@ -136,6 +149,60 @@ class CodeTrie:
         return self._walk(codes) if self.is_item(codes) else None
 
 
+class Exclusion:
+    """Items banned per user during a constrained search, without [users x prefixes] tables.
+
+    A prefix stays open for user u while some item under it is not banned for u:
+    `under[l][p] - banned(u, l, p) > 0`. banned(u, l, p) is looked up in a sorted array of
+    keys u * P_l + p (one per level, built from the unique (user, item) pairs), so memory is
+    O(banned items x levels) whatever the catalogue size, and a lookup for a whole batch of
+    candidates is one `searchsorted`. Without it a beam wastes its slots on banned items (a
+    MovieLens user's ~100 watched movies crowd the top 20), and the ranking that is left after
+    removing them afterwards is short."""
+
+    def __init__(self, trie: CodeTrie, exclude: Sequence[Sequence[int]]):
+        self.trie = trie
+        self.n_users = len(exclude)
+        dev = trie.device
+        users = np.concatenate([np.full(len(e), u, dtype=np.int64) for u, e in enumerate(exclude)] + [np.zeros(0, np.int64)])
+        items = np.concatenate([np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude] + [np.zeros(0, np.int64)])
+        if len(items) and (items.min() < 0 or items.max() >= trie.n_items):
+            bad = items[(items < 0) | (items >= trie.n_items)][0]
+            raise TrieError(f"excluded item id {int(bad)} is not in the trie (ids 0..{trie.n_items - 1})")
+        pair = np.unique(users * trie.n_items + items)  # a user's item counts once
+        u = torch.from_numpy(pair // trie.n_items).to(dev)
+        pre = trie.item_prefix[torch.from_numpy(pair % trie.n_items).to(dev)]  # [n, d]
+        self.keys, self.counts = [], []
+        for l in range(trie.n_levels):  # level l+1 prefixes
+            k, c = torch.unique(u * trie.n_prefixes[l + 1] + pre[:, l], return_counts=True)
+            self.keys.append(k)
+            self.counts.append(c)
+
+    def open(self, level: int, users: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
+        """bool, shape of `prefixes` (level-`level` prefix ids, -1 = none; `users` broadcasts):
+        the prefix exists and holds at least one item not banned for its user."""
+        keys, counts = self.keys[level - 1], self.counts[level - 1]
+        p = prefixes.clamp(min=0).long()
+        left = self.trie.under[level][p]
+        if len(keys):
+            q = users.long() * self.trie.n_prefixes[level] + p
+            idx = torch.searchsorted(keys, q.reshape(-1)).reshape(q.shape).clamp(max=len(keys) - 1)
+            left = left - torch.where(keys[idx] == q, counts[idx], torch.zeros_like(left))
+        return (prefixes >= 0) & (left > 0)
+
+    def rows(self, start: int, stop: int) -> "Exclusion":
+        """The same bans for users start..stop-1 (renumbered from 0): one batch of a search."""
+        sub = object.__new__(Exclusion)
+        sub.trie, sub.n_users = self.trie, stop - start
+        sub.keys, sub.counts = [], []
+        for l, (k, c) in enumerate(zip(self.keys, self.counts)):
+            P = self.trie.n_prefixes[l + 1]
+            sel = (k >= start * P) & (k < stop * P)
+            sub.keys.append(k[sel] - start * P)
+            sub.counts.append(c[sel])
+        return sub
+
+
 @dataclass
 class BeamResult:
     """items[u, j]: the j-th best item for user u (-1 = fewer valid items than asked);
@@ -154,11 +221,15 @@ def beam_search(
     topk: int | None = None,
     cache: str = "shared",
     batch_users: int = 256,
+    exclude: Sequence[Sequence[int]] | None = None,
 ) -> BeamResult:
     """Top-`topk` (default: `beam`) existing items per history, by constrained beam search.
 
     histories: item-id lists (chronological). The model truncates them from the left to its
     history length and raises on an empty one. Users are processed `batch_users` at a time.
+    exclude: per user, items that must not come out (e.g. the whole history, for catalogues
+    without repeat consumption); the search never spends a beam on a prefix whose items are
+    all excluded, so the K results are the best K allowed items the beams can find.
     """
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
@@ -167,9 +238,15 @@ def beam_search(
     if trie.n_levels != model.n_levels:
         raise ValueError(f"trie has {trie.n_levels} levels, the model {model.n_levels}")
     topk = beam if topk is None else int(topk)
+    if exclude is not None and len(exclude) != len(histories):
+        raise ValueError(f"exclude has {len(exclude)} rows for {len(histories)} histories")
+    device = next(model.parameters()).device
+    bans = trie.to(device).exclusion(exclude) if exclude is not None else None
     items_out, scores_out = [], []
     for start in range(0, len(histories), batch_users):
-        r = _beam_batch(model, histories[start : start + batch_users], trie, beam, cache)
+        stop = min(start + batch_users, len(histories))
+        r = _beam_batch(model, histories[start:stop], trie, beam, cache,
+                        bans.rows(start, stop) if bans is not None else None)
         items, scores = r.items, r.scores
         if items.shape[1] < topk:  # fewer beams than asked: pad
             pad = topk - items.shape[1]
@@ -182,7 +259,8 @@ def beam_search(
     return BeamResult(torch.cat(items_out), torch.cat(scores_out))
 
 
-def _beam_batch(model: Any, histories: Sequence[Sequence[int]], trie: CodeTrie, beam: int, cache: str) -> BeamResult:
+def _beam_batch(model: Any, histories: Sequence[Sequence[int]], trie: CodeTrie, beam: int, cache: str,
+                bans: Exclusion | None = None) -> BeamResult:
     device = next(model.parameters()).device
     trie.to(device)
     d = model.n_levels
@@ -208,6 +286,10 @@ def _beam_batch(model: Any, histories: Sequence[Sequence[int]], trie: CodeTrie, 
         logp = model.level_logprobs(hidden, level)  # [U, nb, K]
         k_l = logp.shape[-1]
         mask = trie.allowed_mask(level, prefix)  # [U, nb, K]
+        if bans is not None:  # only children that still hold an allowed item
+            nxt = trie.child[level][prefix.clamp(min=0)]  # [U, nb, K]
+            users = torch.arange(n_users, device=device)[:, None, None]
+            mask = mask & bans.open(level + 1, users, torch.where(mask, nxt, torch.full_like(nxt, -1)))
         cand = (scores.unsqueeze(-1) + logp).masked_fill(~mask, float("-inf"))
         nb_old = cand.shape[1]
         # keep at most: the beam, the candidates, the number of prefixes that exist at level+1

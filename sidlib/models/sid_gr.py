@@ -62,7 +62,8 @@ class SidGRConfig:
     dropout: float = 0.1
     max_items: int = 20  # history length in items; longer histories keep their LAST max_items
     # next-token loss on the codes of the last N items of a sequence (0 = every item, SASRec-
-    # style: <BOS> before every item, one pass per sequence; then augment=False is enough)
+    # style: <BOS> before every item; the samples are then windows, not prefixes: see
+    # training_samples)
     loss_items: int = 1
     shared_head: bool = True  # one head over all code tokens (sliced per level) | one per level
     # training
@@ -73,7 +74,7 @@ class SidGRConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
     clip: float = 1.0
-    augment: bool = True  # every prefix of a training sequence is a sample (else only the whole one)
+    augment: bool = True  # every prefix (loss_items=0: every window) is a sample, else only the last
     patience: int = 3  # evaluations without a better valid NDCG before stopping (0 = never stop)
     eval_every: int = 1  # epochs between valid evaluations
     eval_users: int = 0  # evaluate on a fixed random subset of the valid users (0 = all)
@@ -81,6 +82,10 @@ class SidGRConfig:
     beam: int = 20
     eval_k: int = 10  # early stopping metric: NDCG@eval_k
     cache: str = "shared"  # shared | expand | none (see sidlib.models.beam)
+    # the beams never produce an item of the user's own history (the search prunes prefixes whose
+    # items are all in it): for catalogues without repeat consumption, e.g. MovieLens, where the
+    # evaluation masks history items too (BaselineConfig.exclude_history)
+    exclude_history: bool = False
     batch_users: int = 256  # users per beam-search batch
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -89,13 +94,13 @@ class SidGRConfig:
     # BaselineConfig fields shared with SASRec that SID-GR reads when it has no gr_<name> field
     _SHARED = {"max_items": "max_len", "dropout": "dropout", "epochs": "epochs",
                "lr": "lr", "weight_decay": "weight_decay", "patience": "patience", "eval_every": "eval_every",
-               "batch_users": "eval_batch_size", "device": "device"}
+               "batch_users": "eval_batch_size", "device": "device", "exclude_history": "exclude_history"}
 
     @classmethod
     def from_baseline(cls, b: Any, seed: int | None = None) -> "SidGRConfig":
         """From `sidlib.config.BaselineConfig`: every field `x` here is read from `gr_x` when the
         baseline config has it, else from the shared SASRec field (max_items <- max_len, dropout,
-        epochs, lr, weight_decay, patience, eval_every, device), else the default."""
+        epochs, lr, weight_decay, patience, eval_every, device, exclude_history), else the default."""
         kw: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if hasattr(b, f"gr_{f.name}"):
@@ -438,20 +443,27 @@ class SidGR(nn.Module):
         beam: int | None = None,
         cache: str | None = None,
         batch_users: int | None = None,
+        exclude: Sequence[Sequence[int]] | None = None,
     ) -> BeamResult:
-        """Top-k existing items per history by constrained beam search (width >= k)."""
+        """Top-k existing items per history by constrained beam search (width >= k).
+        exclude: per history, items that must not come out (`beam.beam_search`)."""
         beam = max(beam or self.cfg.beam, k)
         was = self.training
         self.eval()
         try:
             return beam_search(self, histories, self.trie, beam=beam, topk=k, cache=cache or self.cfg.cache,
-                               batch_users=batch_users or self.cfg.batch_users)
+                               batch_users=batch_users or self.cfg.batch_users, exclude=exclude)
         finally:
             self.train(was)
 
-    def topk_fn(self, k: int = 20, beam: int | None = None, cache: str | None = None) -> Callable[[list[list[int]]], np.ndarray]:
-        """histories -> [B, k] ranked item ids (-1 padding): the `metrics.evaluate_topk` driver."""
-        return lambda histories: self.recommend(histories, k=k, beam=beam, cache=cache).items.cpu().numpy()
+    def topk_fn(self, k: int = 20, beam: int | None = None, cache: str | None = None,
+                exclude_history: bool | None = None) -> Callable[[list[list[int]]], np.ndarray]:
+        """histories -> [B, k] ranked item ids (-1 padding): the `metrics.evaluate_topk` driver.
+        exclude_history (default cfg.exclude_history): the whole history (not only the
+        max_items the model reads) is banned from each user's beams."""
+        ban = self.cfg.exclude_history if exclude_history is None else exclude_history
+        return lambda histories: self.recommend(histories, k=k, beam=beam, cache=cache,
+                                                exclude=histories if ban else None).items.cpu().numpy()
 
     @classmethod
     def from_table(cls, table: Any, cfg: SidGRConfig | None = None) -> "SidGR":
@@ -473,23 +485,35 @@ class SidGR(nn.Module):
 # ---- evaluation ----------------------------------------------------------------------------
 
 def evaluate(model: SidGR, histories: Sequence[Sequence[int]], targets: Sequence[int], ks: Sequence[int] = (5, 10),
-             beam: int | None = None, cache: str | None = None) -> dict[str, float]:
+             beam: int | None = None, cache: str | None = None, exclude_history: bool | None = None) -> dict[str, float]:
     """hit@K (= recall@K), ndcg@K, mrr (MRR@max(ks)) of constrained beam-search retrieval,
-    through the project's `sidlib.metrics` (from_topk + metrics_from_ranks)."""
-    res = model.recommend(histories, k=max(ks), beam=beam, cache=cache)
-    return metrics.metrics_from_ranks(metrics.from_topk(res.items.cpu().numpy(), np.asarray(targets)), ks)
+    through the project's `sidlib.metrics` (from_topk + metrics_from_ranks); exclude_history
+    (default cfg.exclude_history) bans each history's items from its beams."""
+    lists = model.topk_fn(max(ks), beam, cache, exclude_history)(list(histories))
+    return metrics.metrics_from_ranks(metrics.from_topk(lists, np.asarray(targets)), ks)
 
 
 # ---- training ------------------------------------------------------------------------------
 
 def training_samples(sequences: Sequence[Sequence[int]], cfg: SidGRConfig) -> list[tuple[int, int]]:
-    """(sequence index, target position) pairs: every position >= 1 (augment) or the last one."""
+    """(sequence index, end position) pairs; a sample is the sequence up to and including `end`.
+
+    loss_items >= 1: every end >= 1 (augment, TIGER-style: one sample per prefix) or the last.
+    loss_items = 0 (loss on every item): a prefix sample would repeat the loss of the shorter
+    prefixes, so the samples are the windows of max_items + 1 items cut from the end of the
+    sequence and overlapping by one, as SASRec's (`sasrec.training_arrays`): every transition
+    is a target exactly once, in ~max_items x fewer samples than the prefixes (augment: all
+    windows; else only the last)."""
     out = []
     for i, s in enumerate(sequences):
         n = len(s)
         if n < 2:
             continue
-        out.extend((i, e) for e in (range(1, n) if cfg.augment else [n - 1]))
+        if cfg.loss_items == 0:
+            ends = range(n - 1, 0, -cfg.max_items) if cfg.augment else [n - 1]
+        else:
+            ends = range(1, n) if cfg.augment else [n - 1]
+        out.extend((i, e) for e in ends)
     return out
 
 
