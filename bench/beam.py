@@ -1,7 +1,7 @@
 """Beam-search bench: SID-GR constrained decoding with and without a KV cache.
 
     .venv/bin/python bench/beam.py [--profile ml100k] [--users 32] [--beams 10,50,256] [--threads 1]
-                                   [--train-epochs 0] [--device cpu] [--max-items 20]
+                                   [--train-epochs 0] [--device cpu] [--max-items 20] [--exclude-history]
 
 With --profile, the codes are that profile's real 05-sids table and the histories its 01-prep
 split (run the chain first). Without it:
@@ -17,7 +17,10 @@ expand = per-beam KV cache reindexed every step, shared = one history cache per 
 by its beams + a per-beam cache of the decoded tokens) it times the constrained beam search
 and prints ms/user; it asserts that every returned item exists (100%), is unique per user and
 that the lists are sorted, and reports how often the cached paths return exactly the no-cache
-list. Writes artifacts/bench/beam.json.
+list. --exclude-history bans each user's whole history inside the search (the exclude_history
+protocol; `sidlib.models.beam.Exclusion`) and asserts that no history item comes out: run it with
+and without to read the cost of the bans. Writes artifacts/bench/beam.json (beam_<profile>.json,
+*_exclude.json).
 """
 from __future__ import annotations
 
@@ -106,9 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="0 = the real histories; N = prepend random items up to N items (long-history scaling; sets --max-items N)")
     ap.add_argument("--profile", default="", help="decode the SIDs of this profile's 05-sids table over its 01-prep "
                                                   "split (run the chain first); default: Scientific title codes")
+    ap.add_argument("--exclude-history", action="store_true", help="ban each user's history items inside the search")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    args.out = args.out or str(REPO / "artifacts" / "bench" / (f"beam_{args.profile}.json" if args.profile else "beam.json"))
+    stem = (f"beam_{args.profile}" if args.profile else "beam") + ("_exclude" if args.exclude_history else "")
+    args.out = args.out or str(REPO / "artifacts" / "bench" / f"{stem}.json")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -142,8 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
     for b in beams:
         ref = None
         for mode in modes:
-            run = lambda: beam_search(model, hist, model.trie, beam=b, cache=mode, batch_users=args.batch_users)  # noqa: E731
-            beam_search(model, hist[: min(2, len(hist))], model.trie, beam=b, cache=mode)  # warm-up
+            bans = hist if args.exclude_history else None
+            run = lambda: beam_search(model, hist, model.trie, beam=b, cache=mode, batch_users=args.batch_users,  # noqa: E731
+                                      exclude=bans)
+            beam_search(model, hist[: min(2, len(hist))], model.trie, beam=b, cache=mode,
+                        exclude=bans[:2] if bans else None)  # warm-up
             best = float("inf")
             for _ in range(args.repeats):
                 if device.type == "cuda":
@@ -156,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
             chk = check(res.items, res.scores, codes, model.trie)
             assert chk["existing_rate"] == 1.0 and chk["trie_consistent"], f"non-existing item in B={b} {mode}: {chk}"
             assert chk["unique_per_user"] and chk["sorted"], chk
+            if bans is not None:
+                leaked = sum(len(set(r.tolist()) & set(h)) for r, h in zip(res.items, hist))
+                assert leaked == 0, f"{leaked} history items returned with --exclude-history (B={b} {mode})"
             if ref is None:
                 ref = res
             same = float((res.items == ref.items).all(1).float().mean())
@@ -182,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
             "model": {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "max_items": args.max_items,
                       "params": sum(p.numel() for p in model.parameters())},
             "history": f"random-padded to {args.history_len} items" if args.history_len else "real valid histories",
-            "trained": trained, "device": str(device), "threads": args.threads, "batch_users": args.batch_users,
+            "trained": trained, "exclude_history": args.exclude_history, "device": str(device), "threads": args.threads, "batch_users": args.batch_users,
             "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
         },
         "rows": rows,
