@@ -505,7 +505,7 @@ def evaluate_recommender(dec: Decoder, samples: pd.DataFrame, cfg: Config, train
     t0 = time.perf_counter()
     ban = cfg.baselines.exclude_history  # the beams skip the history, as SID-GR's (sidlib.models.beam)
     res = metrics.evaluate_topk(lambda h: dec.recommend(h, cfg, k, progress=progress, exclude_history=ban), samples,
-                                batch_size=max(len(samples), 1), exclude_history=cfg.baselines.exclude_history,
+                                batch_size=max(len(samples), 1), exclude_history=ban,
                                 train_counts=train_counts, cold_threshold=cfg.baselines.cold_threshold)
     seconds = time.perf_counter() - t0
     res.update(beam=k, seconds=round(seconds, 1), ms_per_user=round(1000 * seconds / max(len(samples), 1), 1))

@@ -162,7 +162,6 @@ class Exclusion:
 
     def __init__(self, trie: CodeTrie, exclude: Sequence[Sequence[int]]):
         self.trie = trie
-        self.n_users = len(exclude)
         dev = trie.device
         users = np.concatenate([np.full(len(e), u, dtype=np.int64) for u, e in enumerate(exclude)] + [np.zeros(0, np.int64)])
         items = np.concatenate([np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude] + [np.zeros(0, np.int64)])
@@ -189,18 +188,6 @@ class Exclusion:
             idx = torch.searchsorted(keys, q.reshape(-1)).reshape(q.shape).clamp(max=len(keys) - 1)
             left = left - torch.where(keys[idx] == q, counts[idx], torch.zeros_like(left))
         return (prefixes >= 0) & (left > 0)
-
-    def rows(self, start: int, stop: int) -> "Exclusion":
-        """The same bans for users start..stop-1 (renumbered from 0): one batch of a search."""
-        sub = object.__new__(Exclusion)
-        sub.trie, sub.n_users = self.trie, stop - start
-        sub.keys, sub.counts = [], []
-        for l, (k, c) in enumerate(zip(self.keys, self.counts)):
-            P = self.trie.n_prefixes[l + 1]
-            sel = (k >= start * P) & (k < stop * P)
-            sub.keys.append(k[sel] - start * P)
-            sub.counts.append(c[sel])
-        return sub
 
 
 @dataclass
@@ -240,13 +227,12 @@ def beam_search(
     topk = beam if topk is None else int(topk)
     if exclude is not None and len(exclude) != len(histories):
         raise ValueError(f"exclude has {len(exclude)} rows for {len(histories)} histories")
-    device = next(model.parameters()).device
-    bans = trie.to(device).exclusion(exclude) if exclude is not None else None
     items_out, scores_out = [], []
     for start in range(0, len(histories), batch_users):
-        stop = min(start + batch_users, len(histories))
-        r = _beam_batch(model, histories[start:stop], trie, beam, cache,
-                        bans.rows(start, stop) if bans is not None else None)
+        stop = start + batch_users
+        trie.to(next(model.parameters()).device)
+        bans = trie.exclusion(exclude[start:stop]) if exclude is not None else None
+        r = _beam_batch(model, histories[start:stop], trie, beam, cache, bans)
         items, scores = r.items, r.scores
         if items.shape[1] < topk:  # fewer beams than asked: pad
             pad = topk - items.shape[1]
