@@ -1,7 +1,7 @@
 """sidlib's SASRec beside RecBole 1.2.1's SASRec: same split, same hyper-parameters, one run.
 
     .venv/bin/python bench/recbole_sasrec.py [--profile ml100k] [--threads 2] [--set baselines.epochs=5 ...]
-                                             [--seeds 0,1,2] [--ours-only]
+                                             [--seeds 0,1,2] [--ours-only] [--recbole-batch-size 256] [--out F]
 
 Needs the RecBole venv (`.venv-recbole`, see `bench/setup_recbole_venv.sh`). The script, in the
 main venv:
@@ -78,8 +78,8 @@ def write_atomic(split: pd.DataFrame, folder: Path, dataset: str) -> Path:
     return path
 
 
-def recbole_params(cfg: BaselineConfig, seed: int) -> dict[str, Any]:
-    """RecBole config dict with the profile's SASRec hyper-parameters.
+def recbole_params(cfg: BaselineConfig, seed: int, batch_size: int = 0) -> dict[str, Any]:
+    """RecBole config dict with the profile's SASRec hyper-parameters (batch_size > 0: RecBole's own batch).
 
     Mapping notes: sidlib's FFN is `hidden` wide with ReLU and one dropout rate for both the
     hidden states and the attention weights (nn.TransformerEncoderLayer), hence inner_size =
@@ -101,7 +101,7 @@ def recbole_params(cfg: BaselineConfig, seed: int) -> dict[str, Any]:
         "hidden_dropout_prob": cfg.dropout, "attn_dropout_prob": cfg.dropout, "hidden_act": "relu",
         "loss_type": "CE", "train_neg_sample_args": None,
         "learner": "adam", "learning_rate": cfg.lr, "weight_decay": cfg.weight_decay,
-        "train_batch_size": cfg.batch_size, "epochs": cfg.epochs, "eval_step": cfg.eval_every,
+        "train_batch_size": batch_size or cfg.batch_size, "epochs": cfg.epochs, "eval_step": cfg.eval_every,
         "stopping_step": max(cfg.patience - 1, 0),
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
         "metrics": ["NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10", "eval_batch_size": cfg.eval_batch_size,
@@ -213,12 +213,16 @@ def main() -> int:
                          "the result says so: its figures are then those of a truncated run)")
     ap.add_argument("--seeds", default="", help="comma-separated seeds, each a run of both sides (default: the profile's seed)")
     ap.add_argument("--ours-only", action="store_true", help="train sidlib's SASRec only (no RecBole venv needed)")
+    ap.add_argument("--recbole-batch-size", type=int, default=0, metavar="N",
+                    help="RecBole's train_batch_size (0 = the profile's batch_size). The units differ: a sidlib "
+                         "sample is a window of max_len + 1 items, a RecBole sample one prefix and its target")
+    ap.add_argument("--out", default="", help="result JSON (default artifacts/bench/recbole_sasrec.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     overrides = config.parse_overrides(args.overrides)
     cfg = config.load(args.profile, overrides)
     bcfg = dataclasses.replace(cfg.baselines, device="cpu")  # the comparison is on CPU, both sides
-    params = recbole_params(bcfg, cfg.seed)  # fails before any training on an unsupported setting
+    params = recbole_params(bcfg, cfg.seed, args.recbole_batch_size)  # fails before any training on an unsupported setting
     if not args.ours_only and not RECBOLE_PYTHON.exists():
         raise SystemExit(f"{RECBOLE_PYTHON} not found: create the RecBole venv first (bench/setup_recbole_venv.sh), "
                          "or pass --ours-only")
@@ -243,7 +247,8 @@ def main() -> int:
         run: dict[str, Any] = {"seed": seed, "sidlib": ours}
         if not args.ours_only:
             print(f"== seed {seed}: RecBole 1.2.1 SASRec ({args.threads} threads)", flush=True)
-            rb = run_recbole(work / "data", dataset, recbole_params(bcfg, seed), args.threads, bcfg.exclude_history,
+            rb = run_recbole(work / "data", dataset, recbole_params(bcfg, seed, args.recbole_batch_size),
+                             args.threads, bcfg.exclude_history,
                              work, args.recbole_anomaly_detection, 60 * args.recbole_time_limit)
             run["same_samples"] = check_same_samples(split, rb, bcfg.max_len)
             want_masked = int(sum(len(t) + 1 for t in split["train"]))  # train prefix + valid item, every user
@@ -288,7 +293,8 @@ def main() -> int:
         "hyper_parameters": {"sidlib": dataclasses.asdict(bcfg), "recbole": params},
         "ratios": ratios, "table": frame.reset_index().to_dict(orient="records"), "runs": runs,
     }
-    path = paths.artifacts_root() / "bench" / "recbole_sasrec.json"
+    path = Path(args.out) if args.out else paths.artifacts_root() / "bench" / "recbole_sasrec.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary.jsonable(result), indent=1))
     print(f"\nwrote {path}")
     return 0

@@ -114,6 +114,17 @@ def official_split(interactions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"user_id": uniq, "train": train, "valid": first_of("valid"), "test": first_of("test")})
 
 
+def sample_users(split: pd.DataFrame, which: Which, n: int, seed: int = 0) -> pd.DataFrame:
+    """The split's rows of a fixed seeded sample of n users that have a `which` target (n = 0 or
+    more than there are: every row). For cheap early-stopping validations; reports use all users."""
+    _check_which(which)
+    has = np.flatnonzero(split[which].to_numpy() != NONE)
+    if n <= 0 or n >= len(has):
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(has, n, replace=False))
+    return split.iloc[keep].reset_index(drop=True)
+
+
 def samples(split: pd.DataFrame, which: Which) -> pd.DataFrame:
     """The (history, target) pairs a model is evaluated on: DataFrame[user_id, history, target].
 

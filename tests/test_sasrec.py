@@ -143,6 +143,22 @@ def test_sasrec_learns_scientific_better_than_popularity(scientific):
     assert got["cold_unseen"] > 0 and got["n_cold"] == pop["n_cold"]
 
 
+def test_valid_users_sample_the_early_stopping_validations_only(scientific, monkeypatch):
+    seen = []
+    real = SR.evaluate_split
+
+    def spy(model, split, which, *args, **kw):
+        seen.append((which, len(split)))
+        return real(model, split, which, *args, **kw)
+
+    monkeypatch.setattr(SR, "evaluate_split", spy)
+    sp = small_split(scientific["split"], 600)
+    _, rep = SR.run(sp, BaselineConfig(epochs=2, valid_users=100, device="cpu"), n_items=scientific["n_items"], seed=0)
+    assert seen[:2] == [("valid", 100), ("valid", 100)]  # the two epochs' validations
+    assert ("valid", 600) in seen[2:] and ("test", 600) in seen[2:]  # the report: every user
+    assert rep["valid"]["n_users"] == 600
+
+
 def test_sasrec_bce_loss_trains(scientific):
     sp = small_split(scientific["split"])
     cfg = BaselineConfig(epochs=2, lr=3e-3, hidden=16, loss="bce", negatives=2, eval_every=2, device="cpu")
@@ -255,3 +271,24 @@ def test_training_arrays_cover_every_transition_of_long_sequences():
     pairs = Counter((int(a), int(b)) for a, b in zip(inp.ravel(), tgt.ravel()) if a and b)
     want = Counter((s[i] + 1, s[i + 1] + 1) for s in seqs for i in range(len(s) - 1))
     assert pairs == want  # each transition exactly once; a 1-item sequence gives none
+
+
+@pytest.mark.parametrize("stride", [1, 7, 25, 50])
+def test_window_stride_keeps_each_transition_once_with_a_long_history(stride):
+    seqs = [list(range(10, 130)), [3, 4, 5], list(range(200, 251))]  # 120, 3 and 51 items
+    inp, tgt = SR.training_arrays(seqs, max_len=50, stride=stride)
+    # (history seen, target) for every kept target: the history is the window left of it
+    seen = [(tuple(int(x) for x in inp[r, : c + 1] if x), int(tgt[r, c])) for r, c in zip(*np.nonzero(tgt))]
+    want = [(tuple(x + 1 for x in s[max(0, i + 1 - 50): i + 1]), s[i + 1] + 1) for s in seqs for i in range(len(s) - 1)]
+    targets = sorted(t for _, t in seen)
+    assert targets == sorted(t for _, t in want)  # every transition a target exactly once
+    long_ctx = {t: len(h) for h, t in seen}
+    for s in seqs:
+        for i in range(1, len(s)):  # target s[i]: the history it is trained with is the last items before it
+            h = [k for k, t in seen if t == s[i] + 1][0]
+            assert list(h) == [x + 1 for x in s[max(0, i - len(h)): i]]
+            assert long_ctx[s[i] + 1] >= min(i, 50 - stride + 1)
+    if stride == 50:  # the default (0) is stride max_len
+        assert all((a == b).all() for a, b in zip(SR.training_arrays(seqs, 50), (inp, tgt)))
+    with pytest.raises(ValueError, match="stride"):
+        SR.training_arrays(seqs, max_len=50, stride=51)

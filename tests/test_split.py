@@ -98,6 +98,18 @@ def test_samples_skip_missing_targets():
     assert t["history"].tolist() == [[10, 11, 12], [20, 21], [30]]
 
 
+def test_sample_users_is_seeded_and_keeps_users_with_a_target():
+    sp = S.official_split(official_rows())  # user 1 has no valid target
+    one = S.sample_users(sp, "valid", 1, seed=3)
+    assert len(one) == 1 and one["user_id"].iloc[0] in (0, 3)
+    assert one.equals(S.sample_users(sp, "valid", 1, seed=3))  # the same users every validation
+    assert S.sample_users(sp, "valid", 0) is sp and S.sample_users(sp, "valid", 2) is sp  # all of them
+    ids = {int(S.sample_users(sp, "test", 2, seed=s)["user_id"].nunique()) for s in range(5)}
+    assert ids == {2}
+    with pytest.raises(ValueError):
+        S.sample_users(sp, "train", 1)
+
+
 def test_training_sequences_protocol():
     sp = S.leave_one_out(seqs([5, 6, 7], [1, 2, 3, 4, 9]))
     for which in ("valid", "test"):  # standard protocol: train prefixes only

@@ -71,27 +71,38 @@ def pad_left(histories: Sequence[Sequence[int]], max_len: int, n_items: int | No
     return torch.from_numpy(out)
 
 
-def training_arrays(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def training_arrays(sequences: Sequence[Sequence[int]], max_len: int, stride: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seq-to-seq pairs: inputs [N, max_len], targets [N, max_len] as tokens (item + 1, 0 = none).
 
-    A sequence longer than max_len + 1 is cut, from its end, into windows of max_len + 1 items
-    overlapping by one, so every transition a -> b of the sequence is a training target exactly
-    once (keeping only the last window would throw away most of a long history, e.g. the
-    ~100-item MovieLens users). Each window gives inputs w[:-1] and targets w[1:], right-aligned.
+    A sequence longer than max_len + 1 is cut, from its end, into windows of max_len + 1 items,
+    one every `stride` items (0 = max_len: windows overlapping by one), and every transition
+    a -> b of the sequence is a training target exactly once (keeping only the last window
+    would throw away most of a long history, e.g. the ~100-item MovieLens users). Each window
+    gives inputs w[:-1] and targets w[1:], right-aligned; with stride < max_len a window keeps
+    only its last `stride` targets (the earlier ones are the next window's), so every target
+    but a sequence's first max_len sees >= max_len - stride items of history, as a prefix
+    sample of RecBole's does, at max_len / stride times the windows.
     """
-    windows = []
+    stride = int(stride) or max_len
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"window stride must be in 1..max_len ({max_len}), got {stride}")
+    windows: list[tuple[np.ndarray, int]] = []  # (window, index in it of its first kept target)
     for s in sequences:
         s = np.asarray(s, dtype=np.int64) + 1
         end = len(s)
         while end >= 2:
-            windows.append(s[max(0, end - max_len - 1):end])
-            end -= max_len
+            start = max(0, end - max_len - 1)
+            windows.append((s[start:end], 1 if start == 0 else end - stride - start))
+            if start == 0:
+                break
+            end -= stride
     inp = np.zeros((len(windows), max_len), dtype=np.int64)
     tgt = np.zeros((len(windows), max_len), dtype=np.int64)
-    for i, w in enumerate(windows):
+    for i, (w, first) in enumerate(windows):
         n = len(w) - 1
         inp[i, max_len - n:] = w[:-1]
         tgt[i, max_len - n:] = w[1:]
+        tgt[i, max_len - n: max_len - n + first - 1] = 0  # targets w[1:first] belong to an earlier window
     return inp, tgt
 
 
@@ -261,7 +272,7 @@ def fit(
     set_seed(seed)
     device = _device(model)
     seqs = S.training_sequences(split)["item_ids"].tolist()
-    inp_all, tgt_all = training_arrays(seqs, model.max_len)
+    inp_all, tgt_all = training_arrays(seqs, model.max_len, cfg.window_stride)
     if len(inp_all) == 0:
         raise ValueError("no training prefix has 2 or more items: nothing to train on")
     lengths = (inp_all > 0).sum(1)
@@ -283,8 +294,10 @@ def fit(
             n += len(idx)
         return total / n
 
+    vsplit = S.sample_users(split, "valid", cfg.valid_users, seed)
+
     def evaluate(epoch: int) -> dict[str, float]:
-        res = evaluate_split(model, split, "valid", cfg, counts, seed=seed)
+        res = evaluate_split(model, vsplit, "valid", cfg, counts, seed=seed)
         cold = {f"cold_{k}": v for k, v in res["cold"].items()}
         return {**res["all"], **cold, "n_cold": res["n_cold"], "cold_unseen": res.get("cold_unseen", 0)}
 

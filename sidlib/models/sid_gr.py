@@ -94,7 +94,8 @@ class SidGRConfig:
     # BaselineConfig fields shared with SASRec that SID-GR reads when it has no gr_<name> field
     _SHARED = {"max_items": "max_len", "dropout": "dropout", "epochs": "epochs",
                "lr": "lr", "weight_decay": "weight_decay", "patience": "patience", "eval_every": "eval_every",
-               "batch_users": "eval_batch_size", "device": "device", "exclude_history": "exclude_history"}
+               "batch_users": "eval_batch_size", "device": "device", "exclude_history": "exclude_history",
+               "eval_users": "valid_users"}
 
     @classmethod
     def from_baseline(cls, b: Any, seed: int | None = None) -> "SidGRConfig":

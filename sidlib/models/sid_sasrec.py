@@ -24,6 +24,7 @@ exact item log-likelihood, and ranking is full unless `sampled_negatives` is set
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -183,6 +184,7 @@ def run(
     n_split = len(S.item_train_counts(split))
     if np.asarray(codes).shape[0] < n_split:
         raise ValueError(f"codes cover {np.asarray(codes).shape[0]} items but the split uses ids up to {n_split - 1}")
+    cfg = dataclasses.replace(cfg, window_stride=cfg.sid_window_stride)  # its own windows (config.py)
     set_seed(seed)
     model = SIDSASRec.from_config(codes, cfg, sizes).to(pick_device(cfg.device))
     result = fit(model, split, cfg, ckpt_dir=ckpt_dir, resume=resume, seed=seed, log=log)
