@@ -114,15 +114,21 @@ def official_split(interactions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"user_id": uniq, "train": train, "valid": first_of("valid"), "test": first_of("test")})
 
 
+def sample_rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray | None:
+    """Sorted indices of a fixed seeded sample of n of n_rows rows; None when n = 0 or n >= n_rows
+    (keep them all). The one sampler of the early-stopping validations of every baseline."""
+    if n <= 0 or n >= n_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_rows, n, replace=False))
+
+
 def sample_users(split: pd.DataFrame, which: Which, n: int, seed: int = 0) -> pd.DataFrame:
     """The split's rows of a fixed seeded sample of n users that have a `which` target (n = 0 or
     more than there are: every row). For cheap early-stopping validations; reports use all users."""
     _check_which(which)
     has = np.flatnonzero(split[which].to_numpy() != NONE)
-    if n <= 0 or n >= len(has):
-        return split
-    keep = np.sort(np.random.default_rng(seed).choice(has, n, replace=False))
-    return split.iloc[keep].reset_index(drop=True)
+    keep = sample_rows(len(has), n, seed)
+    return split if keep is None else split.iloc[has[keep]].reset_index(drop=True)
 
 
 def samples(split: pd.DataFrame, which: Which) -> pd.DataFrame:

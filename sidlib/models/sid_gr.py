@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from sidlib import metrics
 from sidlib.models import train as train_utils
 from sidlib.models.beam import CACHE_MODES, BeamResult, CodeTrie, beam_search
+from sidlib.split import sample_rows
 
 
 @dataclass
@@ -599,8 +600,8 @@ def fit(
     monitor = f"ndcg@{cfg.eval_k}"
     if valid is not None:
         v_hist, v_tgt = list(valid[0]), np.asarray(valid[1])
-        if cfg.eval_users and cfg.eval_users < len(v_hist):
-            keep = np.sort(np.random.default_rng(cfg.seed).choice(len(v_hist), cfg.eval_users, replace=False))
+        keep = sample_rows(len(v_hist), cfg.eval_users, cfg.seed)  # the same users as SASRec's at one seed
+        if keep is not None:
             v_hist, v_tgt = [v_hist[i] for i in keep], v_tgt[keep]
         ks = sorted({5, cfg.eval_k})
 
