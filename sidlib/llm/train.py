@@ -387,6 +387,9 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
         results[plan.name] = res
         if main_proc:
             (done / "result.json").write_text(json.dumps({**res.__dict__, "vocab": vocab_info}))
+        # only the main process writes `done`; the others read it next (stage 2 starts from it), so
+        # they wait until it is whole: without this, a rerun over an old folder can read half a file
+        PartialState().wait_for_everyone()
         source = done
     s1, s2 = results.get("stage1"), results.get("stage2")
     last = s2 or s1
