@@ -188,7 +188,7 @@ def test_notebook_cli_and_ddp_on_smoke(smoke_stages):
            "-m", "sidlib.llm.train", "--profile", "smoke", "--no-resume"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     # the first traceback names the process that failed; the tail only shows the others stopping
-    first = proc.stderr.find("Traceback")
+    first = max(proc.stderr.find("Traceback"), 0)
     assert proc.returncode == 0, proc.stderr[first:first + 3000] + "\n...\n" + proc.stderr[-1500:]
     report = json.loads((out / "finetune_report.json").read_text())["metrics"]
     assert report["processes"] == 2 and report["stage2_steps"] == 4
