@@ -99,7 +99,7 @@ def init_compare(cfg: config.Config, sft: pd.DataFrame, valid: pd.DataFrame, tab
         data = train.encode_frame(sft, tok, cfg.llm, steps * cfg.finetune.batch_size * 4, cfg.seed)
         acc0 = title_choice_accuracy(model, tok, cfg, valid, n=title_n)
         vocab.freeze_all_but_embeddings(model)
-        hooks = train.mask_old_rows(model, info["vocab_before"])
+        hooks = train.mask_old_rows(model, vocab.sid_token_ids(tok, table.scheme))
         plan = train.StagePlan("stage1", cfg.finetune.stage1_lr, steps, 1.0, 0.0, cfg.finetune.warmup_ratio)
         ft = dataclasses.replace(cfg.finetune, save_steps=10**9, logging_steps=max(1, steps // 10))
         with tempfile.TemporaryDirectory() as d:

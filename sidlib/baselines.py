@@ -35,10 +35,35 @@ MODELS = ("popularity", "sasrec", "sid_sasrec", "sid_gr")
 STAGE = "07-baselines"
 
 
+RANKS_FILE = "test_ranks.parquet"  # model, user_id, rank: 09 compares every model on the LLM's users
+
+
 def _eval_row(res: dict[str, Any], seconds: float) -> dict[str, Any]:
-    return {"all": res["all"], "cold": res["cold"], "n_users": res["n_users"], "n_cold": res["n_cold"],
-            "protocol": res.get("protocol", {}), "seconds": round(seconds, 2),
-            "ms_per_user": round(1000 * seconds / max(res["n_users"], 1), 3)}
+    row = {"all": res["all"], "cold": res["cold"], "n_users": res["n_users"], "n_cold": res["n_cold"],
+           "protocol": res.get("protocol", {}), "seconds": round(seconds, 2),
+           "ms_per_user": round(1000 * seconds / max(res["n_users"], 1), 3)}
+    if "ranks" in res:
+        row["user_ranks"] = pd.DataFrame({"user_id": res["users"], "rank": res["ranks"]})
+    return row
+
+
+def write_ranks(reports: dict[str, dict[str, Any]], path: Path) -> pd.DataFrame:
+    """Take the per-user test ranks out of the reports (they stay out of reports.json) into one
+    parquet file: DataFrame[model, user_id, rank]."""
+    frames = []
+    for name, rep in reports.items():
+        ranks = (rep.get("test") or {}).pop("user_ranks", None)
+        if ranks is not None:
+            frames.append(ranks.assign(model=name)[["model", "user_id", "rank"]])
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "user_id", "rank"])
+    out.to_parquet(path, index=False)
+    return out
+
+
+def load_ranks(profile: str) -> pd.DataFrame | None:
+    """07's per-user test ranks of a profile, None before 07 wrote them."""
+    path = paths.stage_dir(profile, STAGE, create=False) / RANKS_FILE
+    return pd.read_parquet(path) if path.exists() else None
 
 
 def run_popularity(split: pd.DataFrame, n_items: int, cfg: BaselineConfig) -> dict[str, Any]:
@@ -49,7 +74,7 @@ def run_popularity(split: pd.DataFrame, n_items: int, cfg: BaselineConfig) -> di
         res = metrics.evaluate_model(
             metrics.popularity_score_fn(counts), S.samples(split, which), n_items, cfg.eval_batch_size,
             exclude_history=cfg.exclude_history, sampled=cfg.sampled_negatives, train_counts=counts,
-            cold_threshold=cfg.cold_threshold)
+            cold_threshold=cfg.cold_threshold, return_ranks=which == "test")
         out[which] = _eval_row(res, time.perf_counter() - t0)
     return out
 
@@ -88,7 +113,8 @@ def run_sid_gr(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log) ->
         t0 = time.perf_counter()
         res = metrics.evaluate_topk(
             model.topk_fn(max(metrics.KS), gcfg.beam), samples, gcfg.batch_users,  # beams skip the history too
-            exclude_history=cfg.exclude_history, train_counts=counts, cold_threshold=cfg.cold_threshold)
+            exclude_history=cfg.exclude_history, train_counts=counts, cold_threshold=cfg.cold_threshold,
+            return_ranks=which == "test")
         out[which] = _eval_row(res, time.perf_counter() - t0)
     return out
 
@@ -235,6 +261,7 @@ def run_stage(cfg: Config, models: tuple[str, ...] = MODELS, resume: bool = True
     reports = run_all(split, codes, sizes, cfg.baselines, out, seed=cfg.seed, models=models, resume=resume, log=log)
     if not main:
         return None
+    write_ranks(reports, out / RANKS_FILE)
     (out / "reports.json").write_text(json.dumps(summary.jsonable(reports), indent=1))
     rows = summary_metrics(reports)
     frame = pd.DataFrame(rows).T

@@ -214,7 +214,9 @@ class SftDataConfig:
     max_per_task: int = 3000
     seq_lengths: list[int] = field(default_factory=lambda: [2, 3, 5])  # "last N items -> next"
     max_history: int = 10  # items shown in <|rec|> / history prompts
-    system_prompt: str = "You are a helpful shopping assistant. Items are written as semantic IDs."
+    # short: it is in every conversation, and on a CPU every token of it is paid for at every step
+    # (an empty one is no saving: SmolLM2's template then writes its own, longer, system turn)
+    system_prompt: str = "Items are written as semantic IDs."
     valid_per_task: int = 50  # held-out samples per task for the validation loss
     similar_prefix: int = 2  # "similar items" share this many leading codes
     copurchase_per_item: int = 3  # co-purchase samples per asked item: its strongest partners
@@ -229,19 +231,34 @@ class FinetuneConfig:
     """08-finetune: stage 1 (new token embeddings only) then stage 2 (whole model)."""
 
     init: str = "text"  # new SID rows: text (mean LLM embedding of the titles carrying the code) | mean
-    stage1_steps: int = 1000
-    stage1_lr: float = 1e-3
+    # stage 1: "cached" fits the new output rows on hidden states of a frozen trunk, computed once
+    # (sidlib.llm.head: forward only, then many epochs in seconds); "trainer" trains the new input
+    # and output rows through the whole model for stage1_steps Trainer steps
+    stage1_mode: str = "cached"
+    stage1_samples: int = 2000  # cached: conversations whose hidden states are collected (0 = all)
+    stage1_epochs: int = 40  # cached: passes over the collected positions (the best held-out epoch is kept)
+    # tasks whose conversations stage 1 reads before all others: the whole catalogue first
+    stage1_first: list[str] = field(default_factory=lambda: ["title_to_sid"])
+    stage1_steps: int = 1000  # trainer: optimizer steps
+    stage1_lr: float = 5e-3  # cached: Adam on the output rows; trainer: AdamW on the new rows
     stage2_epochs: float = 3.0
     stage2_max_steps: int = 0  # > 0 caps stage 2 (CPU budgets)
     lr: float = 2e-5
     min_lr_ratio: float = 0.2  # cosine decays to this share of the peak
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = 0.03  # a warmup shorter than 2 steps is none (its one step would run at LR 0)
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     batch_size: int = 8  # conversations per device per step (packed into rows when packing)
     grad_accum: int = 1
     packing: bool = True  # several conversations per row, attention kept inside each one
-    gradient_checkpointing: bool = True
+    # logits only where the next token has a label (transformers' logits_to_keep): same loss, less work
+    labelled_logits_only: bool = True
+    # stage 2 leaves the input embeddings and the lowest N decoder layers frozen: no backward pass
+    # below layer N (faster steps) and the base model's lower layers (its English) kept as they are
+    freeze_layers: int = 0
+    # recomputes activations in the backward pass: saves memory, costs ~20% of a step; on a CPU at
+    # a few hundred tokens a row memory is no issue (the GPU profiles turn it on for long rows)
+    gradient_checkpointing: bool = False
     optim: str = "auto"  # auto (8-bit AdamW on CUDA with bitsandbytes, else fused AdamW) | adamw_torch | adamw_torch_fused | adamw_bnb_8bit
     max_train_samples: int = 0  # 0 = all
     save_steps: int = 200
@@ -254,6 +271,9 @@ class EvalConfig:
     """09-eval (and the demo's model): how the LLM is measured, and how much of it on a CPU."""
 
     per_task: int = 50  # 06 valid samples per task (0 = all of them)
+    # title_to_sid gets this many (0 = per_task): "does it know the catalogue" needs >= 100 items
+    # to tell 0.25 level-1 accuracy from chance; 06 must hold that many (sft.valid_per_task)
+    catalog_items: int = 0
     users: int = 0  # test users for the LLM recommender, a seeded sample (0 = all); printed in the table
     beam: int = 10  # constrained beams on the task prompts: exact@10
     rec_beam: int = 20  # recommender: constrained beams = length of each ranked list (K)

@@ -367,7 +367,7 @@ def evaluate_model(
     }
     res = _slices({"protocol": protocol}, ranks, targets, train_counts, cold_threshold, ks)
     if return_ranks:
-        res["ranks"] = ranks
+        res["ranks"], res["users"] = ranks, users
     return res
 
 
@@ -383,7 +383,7 @@ def evaluate_topk(
     return_ranks: bool = False,
 ) -> dict[str, Any]:
     """The same report for generative models: `topk_fn(histories) -> B ranked item-id lists`."""
-    histories, targets, _ = _samples_columns(samples)
+    histories, targets, users = _samples_columns(samples)
     ranks = np.zeros(len(targets), dtype=np.float64)
     list_len = 0
     for a in range(0, len(targets), batch_size):
@@ -394,8 +394,21 @@ def evaluate_topk(
     protocol = {"ranking": f"top-{list_len} lists", "exclude_history": bool(exclude_history), "mrr": f"MRR@{list_len}"}
     res = _slices({"protocol": protocol}, ranks, targets, train_counts, cold_threshold, ks)
     if return_ranks:
-        res["ranks"] = ranks
+        res["ranks"], res["users"] = ranks, users
     return res
+
+
+def on_users(user_ranks: pd.DataFrame, samples: pd.DataFrame, train_counts: Sequence[int] | np.ndarray | None = None,
+             cold_threshold: int = COLD_THRESHOLD, ks: Sequence[int] = KS) -> dict[str, Any]:
+    """A model's metrics on a subset of users, from its saved per-user ranks (DataFrame[user_id,
+    rank], as 07 writes them): every model of a table measured on exactly the same users."""
+    by_user = user_ranks.set_index("user_id")["rank"]
+    users = samples["user_id"].to_numpy(dtype=np.int64)
+    missing = np.setdiff1d(users, by_user.index.to_numpy())
+    if len(missing):
+        raise ValueError(f"no saved rank for {len(missing)} of the {len(users)} users (e.g. {missing[:3].tolist()})")
+    ranks = by_user.loc[users].to_numpy(dtype=np.float64)
+    return _slices({}, ranks, samples["target"].to_numpy(dtype=np.int64), train_counts, cold_threshold, ks)
 
 
 def popularity_score_fn(train_counts: Sequence[int] | np.ndarray) -> ScoreFn:

@@ -123,6 +123,7 @@ def test_task_accuracy_reproduces_hand_computed_values(cfg, tok, binary_table, s
     assert (s["level1"], s["prefix2"], s["prefix3"], s["exact"], s["exact_at_10"]) == (1.0, 1.0, 0.0, 0.0, 1.0)
     # unconstrained the model repeats <|sid_start|> (no valid SID); constrained it writes item 0 and stops
     assert t["valid_unconstrained"] == 0.0 and t["valid_constrained"] == 1.0
+    assert t["wellformed_unconstrained"] == 0.0  # "<|sid_start|><|sid_start|>...": no closed block
     sid_rows = detail[detail["kind"] == "sid"]
     assert (sid_rows["reply"] == sid(0)).all() and (sid_rows["greedy_item"] == 0).all()
     assert sid_rows["topk"].iloc[0] == list(range(10))  # ranked by beam score: 15 - i
@@ -258,6 +259,68 @@ def test_chat_keeps_history_and_renders_unknown_sids(cfg, small_table, small_tok
     assert chat.history == []
 
 
+def test_chat_never_stores_an_empty_reply_and_rec_gets_an_item(cfg, small_table, small_tok, random_lm, monkeypatch):
+    from sidlib.sids import REC
+
+    chat = demo.Chat(random_lm, small_tok, small_table, cfg, max_new_tokens=10)
+    reply = chat(f"I like comedies. {REC}")  # a random model: the rules must open and close a block
+    trie = small_table.trie()
+    items = [trie.item_of(c) for _s, c in small_table.scheme.find_all(reply.raw) if c is not None]
+    assert any(i is not None for i in items), reply.raw
+    assert reply.assisted and reply.constrained and len(chat.history) == 2
+    # unconstrained, a model that ends its turn at once says nothing: the turn is not stored
+    free = demo.Chat(random_lm, small_tok, small_table, cfg, constrained=False)
+    monkeypatch.setattr(random_lm, "generate", lambda x, **kw: torch.cat([x, torch.tensor([[free.dec.ends[0]]])], 1))
+    empty = free("Hello?")
+    assert empty.raw == "" and free.history == []
+
+
+def test_reply_rules_hold_the_end_and_open_a_block(small_table, small_tok):
+    from sidlib.llm.decode import ReplyRules, blank_tokens
+
+    start = small_tok.convert_tokens_to_ids(SID_START)
+    end = small_tok.convert_tokens_to_ids(SID_END)
+    eos = ev.end_token_ids(small_tok)
+    blank = blank_tokens(small_tok)
+    word = small_tok("Hello", add_special_tokens=False)["input_ids"][0]
+    space = small_tok(" ", add_special_tokens=False)["input_ids"][0]
+    levels = small_table.scheme.levels
+    scores = torch.zeros(1, len(small_tok))
+    scores[0, eos[0]] = 10.0  # the model wants to end its turn
+    prompt = [7, 8, 9]
+    rules = ReplyRules(start, end, eos, blank, levels, len(prompt), 20, require_sid=False)
+    assert rules(torch.tensor([prompt]), scores).argmax() != eos[0]  # empty: the end is held
+    assert rules(torch.tensor([prompt + [space]]), scores).argmax() != eos[0]  # only a space so far
+    assert rules(torch.tensor([prompt + [word]]), scores).argmax() == eos[0]  # words: it may end
+    rec = ReplyRules(start, end, eos, blank, levels, len(prompt), 20, require_sid=True)
+    assert rec(torch.tensor([prompt + [word]]), scores).argmax() != eos[0]  # no SID yet
+    # only room for one SID left and none open: <|sid_start|> is forced
+    assert rec(torch.tensor([prompt + [word] * (20 - levels - 2)]), scores).argmax() == start
+    done = prompt + [word, start] + small_small_codes(small_table, small_tok) + [end]
+    assert rec(torch.tensor([done]), scores).argmax() == eos[0]
+    assert bool(rec.intervened.all())
+
+
+def small_small_codes(table, tok) -> list[int]:
+    return tok(table.sid_of(0), add_special_tokens=False)["input_ids"][1:-1]
+
+
+def test_demo_log_counts_the_right_kind_of_answer(small_table):
+    log = demo.DemoLog(small_table)
+    sid = small_table.sid_of
+    log.add("history", demo.REC_TURN, "next?", demo.Reply(f"Try {sid(3)}", "Try [Title 3]"))
+    log.add("pref", demo.REC_TURN, "like?", demo.Reply("I am not sure.", "I am not sure.", assisted=False))
+    log.add("why", demo.TEXT_TURN, "why?", demo.Reply("Both are comedies.", "Both are comedies."))
+    log.add("bundle", demo.TEXT_TURN, "name?", demo.Reply(f"{sid(1)}", "[Title 1]"))
+    log.add("title", demo.SID_TURN, "sid?", demo.Reply(f"{sid(2)}", "[Title 2]"))
+    log.add("empty", demo.TEXT_TURN, "x", demo.Reply("", ""))
+    c = log.counts()
+    assert c == {"turns": 6, "empty_replies": 1, "rec_turns": 2, "rec_turns_with_item": 1, "rec_turns_assisted": 0,
+                 "text_turns": 3, "text_turns_in_words": 1, "sid_turns": 1, "sid_turns_with_item": 1}
+    with pytest.raises(ValueError, match="turn kind"):
+        log.add("x", "chat", "x", demo.Reply("", ""))
+
+
 # --------------------------------------------------------------------------- the chain
 
 
@@ -287,13 +350,25 @@ def test_09_and_demo_run_on_smoke_through_the_runner(smoke_stages, tmp_roots):
     sid_tasks = {t: m for t, m in llm["tasks"].items() if "exact_at_10" in m}
     assert sid_tasks and all({"level1", "prefix2", "prefix3", "exact", "exact_at_10"} <= set(m)
                              for m in sid_tasks.values())
-    assert 0.0 <= llm["valid_rate_unconstrained"] <= 1.0 and 0.0 <= llm["ndcg@10"] <= llm["hit@10"] + 1e-12
+    assert 0.0 <= llm["valid_rate_unconstrained"] <= llm["wellformed_rate_unconstrained"] <= 1.0
+    assert 0.0 <= llm["ndcg@10"] <= llm["hit@10"] + 1e-12
     table = {r["model"]: r for r in entry["metrics"]["table"]}
-    assert set(table) == {"SASRec", ev.FINETUNED, ev.FLOOR}
-    assert table[ev.FINETUNED]["n_users"] == 6 and table["SASRec"]["n_users"] == 300
+    pop = ev.BASELINE_NAMES["popularity_llm_users"]
+    assert set(table) == {"SASRec", pop, ev.FINETUNED, ev.FLOOR}
+    assert table[ev.FINETUNED]["n_users"] == table[pop]["n_users"] == 6 and table["SASRec"]["n_users"] == 300
+    assert llm["popularity_ndcg@10_same_users"] == table[pop]["ndcg@10"]
     out = paths.stage_dir("smoke", "09-eval", create=False)
     for f in ["tasks.csv", "comparison.csv", "predictions.jsonl", "eval_report.json", "comparison.png", "tasks.png"]:
         assert (out / f).exists(), f
     assert json.loads((out / "eval_report.json").read_text())["users"] == 6
-    assert summary.load("smoke")["stages"]["demo"]["status"] == "ok"
+    demo_entry = summary.load("smoke")["stages"]["demo"]
+    assert demo_entry["status"] == "ok"
+    counts = demo_entry["metrics"]
+    turns = [json.loads(line) for line in
+             (paths.stage_dir("smoke", "demo", create=False) / "transcript.jsonl").read_text().splitlines()]
+    assert counts["turns"] == len(turns) >= 8 and counts["empty_replies"] == 0
+    assert counts["rec_turns"] == 3 and counts["text_turns"] == 3
+    # the smoke model is random, but the <|rec|> turns are guaranteed an existing item
+    assert counts["rec_turns_with_item"] >= 2
+    assert {"prompt", "raw", "rendered", "constrained", "assisted"} <= set(turns[0])
     assert list((tmp_roots / "runs" / "smoke").glob("*/demo.ipynb")), "the executed demo is a run output"

@@ -112,7 +112,7 @@ def test_packed_loss_equals_padded_loss(table, attn):
 
 
 def test_stage1_trains_only_new_rows_then_resumes(table, tmp_path, caplog):
-    cfg = cfg_tiny(**{"finetune.stage1_steps": 4})
+    cfg = cfg_tiny(**{"finetune.stage1_steps": 4, "finetune.stage1_mode": "trainer"})
     sft = conversations(table)
     from sidlib.models.train import set_seed
 
@@ -149,7 +149,8 @@ def test_two_stages_save_a_loadable_model(table, tmp_path):
     cfg = cfg_tiny()
     res = train.finetune(cfg, conversations(table), table, out=tmp_path / "ft")
     m = res["metrics"]
-    assert m["stage1_steps"] == 3 and m["stage2_steps"] == 2 and m["train_tokens"] > 0
+    assert m["stage1_mode"] == "cached" and m["stage1_steps"] >= 1  # the best epoch of the cached fit
+    assert m["stage2_steps"] == 2 and m["train_tokens"] > 0
     assert np.isfinite(m["final_loss"]) and m["tokens_per_second"] > 0
     folder = Path(res["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -179,7 +180,7 @@ def test_notebook_cli_and_ddp_on_smoke(smoke_stages):
     lines: list[str] = []
     assert runner.run("smoke", "06,08", echo=lines.append) == 0, lines
     m = summary.load("smoke")["stages"]["finetune"]["metrics"]
-    assert m["stage1_steps"] == 4 and m["stage2_steps"] == 4 and m["processes"] == 1
+    assert m["stage1_mode"] == "cached" and m["stage2_steps"] == 4 and m["processes"] == 1
     out = paths.stage_dir("smoke", "08-finetune", create=False)
     assert (out / "loss_curves.png").exists()
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -195,3 +196,101 @@ def test_notebook_cli_and_ddp_on_smoke(smoke_stages):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "model").config.vocab_size == report["vocab"]["vocab_after"]
+
+
+def test_stage1_cached_fits_only_the_new_output_rows(table, tmp_path):
+    """Stage 1 on cached hidden states: the new tokens' output rows move and the held-out loss
+    falls; every other weight (input rows included) is untouched."""
+    cfg = cfg_tiny(**{"finetune.stage1_epochs": 30, "finetune.stage1_lr": 2e-2})
+    from sidlib.models.train import set_seed
+
+    set_seed(cfg.seed)
+    model, tok, info = train.prepare_model(cfg, table, "cpu", "sdpa")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "ft"
+    res = train.finetune(cfg, conversations(table), table, out=out, stages=("stage1",))
+    fit = res["metrics"]["stage1_fit"]
+    assert fit["after"]["loss"] < fit["before"]["loss"], fit
+    assert fit["new_positions"] > 0 and fit["positions"] > fit["new_positions"]  # words too (titles)
+    after = train.base.load_model(cfg.llm, source=out / "stage1" / "final").state_dict()
+    new = vocab.sid_token_ids(tok, table.scheme) + chat.end_token_ids(tok)  # + the end of turn
+    old = torch.ones(len(tok), dtype=torch.bool)
+    old[new] = False
+    assert not torch.equal(after["lm_head.weight"][new], before["lm_head.weight"][new])
+    assert torch.equal(after["lm_head.weight"][old], before["lm_head.weight"][old])
+    for name, w in before.items():
+        if name != "lm_head.weight":
+            assert torch.equal(after[name], w), f"{name} changed in stage 1"
+
+
+def test_sid_rows_inside_spare_embedding_rows(table):
+    """A model with more embedding rows than tokenizer tokens (Qwen3: 151,936 rows, 151,669
+    tokens): the SID tokens take ids inside the existing rows; they are new rows all the same
+    (stage 1 trains them), and the old vocabulary is the tokenizer's."""
+    cfg = cfg_tiny()
+    tok = base.load_tokenizer(cfg.llm)
+    n_tok = len(tok)
+    spare = len(table.scheme.tokens()) + 16
+    model = base.tiny_model(cfg.llm, n_tok + spare)
+    info = vocab.resize_and_init(model, tok, table.scheme, "mean")
+    assert info["vocab_before"] == n_tok and info["embedding_rows"] == n_tok + spare  # no resize
+    new = vocab.sid_token_ids(tok, table.scheme)
+    assert min(new) == n_tok
+    vocab.freeze_all_but_embeddings(model)
+    hooks = train.mask_old_rows(model, new)
+    ids = torch.tensor([[1, 2, new[0], new[5], new[-1]]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        moved = (w.grad.abs().sum(1) > 0).nonzero().flatten().tolist()
+        assert moved and set(moved) <= set(new), "only the SID rows may get a gradient"
+        assert w.grad[new[0]].abs().sum() > 0
+    for h in hooks:
+        h.remove()
+
+
+def test_stages_read_different_batches_and_warmup_never_starts_at_zero():
+    a, b = train.stage_order(500, 42, "stage1"), train.stage_order(500, 42, "stage2")
+    assert sorted(a) == sorted(b) == list(range(500)) and a[:8] != b[:8]
+    assert train.stage_order(500, 42, "stage2") == b  # seeded
+    tasks = ["title_to_sid" if i % 10 == 0 else "seq_last_2" for i in range(500)]
+    c = train.stage_order(500, 42, "stage1", tasks, first=["title_to_sid"])
+    assert {tasks[i] for i in c[:50]} == {"title_to_sid"} and sorted(c) == list(range(500))
+    ft = config.load("smoke").finetune
+    plan = train.StagePlan("stage2", 1e-4, 20, 1.0, 0.0, 0.03)
+    assert train.warmup_steps(plan, ft, 1000) == 0  # 0.6 of a step: none, not one step at LR 0
+    plan.max_steps = 100
+    assert train.warmup_steps(plan, ft, 1000) == 3
+
+
+def test_labelled_logits_give_the_models_own_loss(table):
+    cfg = cfg_tiny()
+    tok = base.load_tokenizer(cfg.llm)
+    vocab.add_sid_tokens(tok, table.scheme)
+    torch.manual_seed(0)
+    model = base.tiny_model(cfg.llm, len(tok)).eval()
+    data = train.encode_frame(conversations(table, 4), tok, cfg.llm)
+    feats = [data[i] for i in range(len(data))]
+    full = train.make_collator(tok, True, "sdpa")(feats)
+    kept = train.make_collator(tok, True, "sdpa", labelled_only=True)(feats)
+    with torch.no_grad():
+        ref = model(**full, use_cache=False).loss
+        labels = kept.pop("labels")
+        out = model(**kept, use_cache=False)
+    kept_rows = out.logits.reshape(-1, out.logits.shape[-1]).shape[0]  # [kept positions, vocab]
+    assert kept_rows == int((labels[:, 1:] != chat.IGNORE).sum()) < full["input_ids"].shape[1] / 2
+    assert torch.allclose(train.labelled_loss(out, labels), ref, atol=1e-5)
+
+
+def test_freeze_lower_layers(table):
+    cfg = cfg_tiny(**{"llm.tiny_layers": 3})
+    tok = base.load_tokenizer(cfg.llm)
+    model = base.tiny_model(cfg.llm, len(tok))
+    vocab.untie_embeddings(model)  # as prepare_model does
+    n = train.freeze_lower(model, 2)
+    layers = model.get_decoder().layers
+    assert not any(p.requires_grad for layer in layers[:2] for p in layer.parameters())
+    assert all(p.requires_grad for p in layers[2].parameters())
+    assert not model.get_input_embeddings().weight.requires_grad and model.lm_head.weight.requires_grad
+    assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="freeze_layers=3"):
+        train.freeze_lower(model, 3)

@@ -11,6 +11,7 @@ from typing import Any
 from ..config import LLMConfig
 
 IGNORE = -100  # label of tokens without loss (prompt, system, padding)
+END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")  # chat templates' end of turn
 Messages = Sequence[dict[str, str]]
 
 
@@ -64,3 +65,20 @@ def encode(tokenizer: Any, messages: Messages, cfg: LLMConfig) -> dict[str, list
         input_ids += tail
         labels += [IGNORE] * len(tail)
     return {"input_ids": input_ids, "labels": labels}
+
+
+def end_token_ids(tok: Any, model: Any = None) -> list[int]:
+    """Tokens that end the assistant's turn: eos, the model's generation eos, the template's marker."""
+    ids: list[int] = []
+    cands: list[Any] = [tok.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.eos_token_id is not None:
+        cands += gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    vocab_ = tok.get_vocab()
+    cands += [vocab_[m] for m in END_MARKERS if m in vocab_]
+    for c in cands:
+        if c is not None and int(c) not in ids:
+            ids.append(int(c))
+    if not ids:
+        raise ValueError("the tokenizer has no eos token: cannot tell where a reply ends")
+    return ids

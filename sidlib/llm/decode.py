@@ -108,6 +108,63 @@ class ReplyOnly(LogitsProcessor):
         return self.inner(input_ids[:, self.start:], scores)
 
 
+class ReplyRules(LogitsProcessor):
+    """What a chat reply must do, enforced only where the model would not do it on its own:
+
+    - never empty: the end-of-turn tokens are withheld until the reply holds a visible token (an
+      empty turn in the history leaves the next turn building on nothing);
+    - `require_sid` (a `<|rec|>` request, which means "recommend now"): the end-of-turn tokens
+      are withheld until a SID block is closed, and when only room for one block is left
+      (`levels` codes + `<|sid_start|>` + `<|sid_end|>`) and none is open, `<|sid_start|>` is
+      forced. With the SidConstraint inside the block, the reply then names an existing item.
+
+    `intervened` records, per row, whether a rule changed the model's own choice, so a guarantee
+    never hides a weak model: the demo reports the replies that needed it."""
+
+    def __init__(self, start_id: int, end_id: int, ends: list[int], blank: torch.Tensor, levels: int,
+                 prompt_len: int, max_new: int, require_sid: bool):
+        self.start_id, self.end_id, self.levels = start_id, end_id, levels
+        self.ends = torch.as_tensor(ends, dtype=torch.long)
+        self.blank = blank  # [vocab] True for tokens that show nothing (whitespace, empty)
+        self.prompt_len, self.max_new, self.require_sid = prompt_len, max_new, require_sid
+        self.intervened: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        reply = input_ids[:, self.prompt_len:]
+        dev = scores.device
+        if self.intervened is None:
+            self.intervened = torch.zeros(len(scores), dtype=torch.bool, device=dev)
+        blank = self.blank.to(dev)
+        visible = (~blank[reply.clamp(max=len(blank) - 1)]).any(1) if reply.shape[1] else \
+            torch.zeros(len(scores), dtype=torch.bool, device=dev)
+        hold = ~visible
+        force = torch.zeros_like(hold)
+        if self.require_sid:
+            t = reply.shape[1]
+            pos = torch.arange(t, device=dev)
+            last_start = torch.where(reply == self.start_id, pos, -1).max(1).values if t else torch.full_like(hold, -1, dtype=torch.long)
+            last_end = torch.where(reply == self.end_id, pos, -1).max(1).values if t else torch.full_like(hold, -1, dtype=torch.long)
+            closed = last_end >= 0
+            inside = last_start > last_end
+            hold |= ~closed
+            force = ~closed & ~inside & (self.max_new - t <= self.levels + 2)
+        best = scores.argmax(-1)
+        ends = self.ends.to(dev)
+        out = scores.clone()
+        out[hold.nonzero().flatten().unsqueeze(1), ends.unsqueeze(0)] = float("-inf")
+        if force.any():
+            out[force] = float("-inf")
+            out[force, self.start_id] = scores[force, self.start_id]
+        self.intervened |= out.argmax(-1) != best
+        return out
+
+
+def blank_tokens(tokenizer: Any) -> torch.Tensor:
+    """[vocab] True for the tokens that decode to nothing visible (whitespace, empty)."""
+    n = len(tokenizer)
+    return torch.tensor([not tokenizer.decode([i]).strip() for i in range(n)], dtype=torch.bool)
+
+
 def render(text: str, table: SidTable, mark: bool = True) -> str:
     """Every SID in `text` replaced by a readable name: the item's title; for a SID that names no
     item, the title of an item sharing its longest known prefix, marked "(L2 match)", or

@@ -24,8 +24,7 @@ import torch
 
 from ..config import Config
 from ..sids import REC, SidTable
-from .decode import render
-from .decode import ReplyOnly
+from .decode import ReplyOnly, ReplyRules, blank_tokens, render
 from .eval import Decoder, load_finetuned, rec_messages
 
 
@@ -35,6 +34,8 @@ class Reply:
 
     raw: str
     text: str
+    constrained: bool = True
+    assisted: bool = False  # a reply rule (never empty, a SID for <|rec|>) changed the model's choice
 
     def __str__(self) -> str:
         return self.text
@@ -57,6 +58,7 @@ class Chat:
 
     def __post_init__(self) -> None:
         self.dec = Decoder(self.model, self.tok, self.table, self.cfg.llm)
+        self._blank: torch.Tensor | None = None
 
     @classmethod
     def load(cls, cfg: Config, model_dir: str = "", **kw: Any) -> Chat:
@@ -71,19 +73,34 @@ class Chat:
 
     @torch.no_grad()
     def __call__(self, text: str) -> Reply:
-        """Send a user message; the reply joins the history (so the next turn can refine it)."""
+        """Send a user message; the reply joins the history (so the next turn can refine it).
+
+        Replies are never empty, and with the constraint on (the default) a `<|rec|>` request is
+        answered with at least one existing item (`ReplyRules`; `Reply.assisted` says when the
+        model needed it). An empty reply (only possible with the constraint off) is not stored."""
         user = {"role": "user", "content": text}
         ids = self.dec.prompt(self.messages() + [user])
         x = torch.tensor([ids], device=next(self.model.parameters()).device)
+        max_new = self.max_new_tokens or self.cfg.eval.max_new_tokens
         kw: dict[str, Any] = dict(do_sample=self.sample, temperature=self.temperature, top_p=1.0, top_k=0) \
             if self.sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        procs: list[Any] = []
+        rules = None
+        if self.constrained:
+            if self._blank is None:
+                self._blank = blank_tokens(self.tok)
+            con = self.dec.constraint
+            rules = ReplyRules(con.start_id, con.end_id, self.dec.ends, self._blank, self.table.scheme.levels,
+                               len(ids), max_new, require_sid=REC in text)
+            procs = [rules, ReplyOnly(con, len(ids))]  # the rules may open a block; the constraint fills it
         out = self.model.generate(
-            x, attention_mask=torch.ones_like(x), max_new_tokens=self.max_new_tokens or self.cfg.eval.max_new_tokens,
-            logits_processor=[ReplyOnly(self.dec.constraint, len(ids))] if self.constrained else None,
+            x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, logits_processor=procs or None,
             eos_token_id=self.dec.ends, pad_token_id=self.dec.pad_id, **kw)
         raw = self.dec.reply_text(out[0, len(ids):].tolist())
-        self.history += [user, {"role": "assistant", "content": raw}]
-        return Reply(raw, self.render(raw))
+        if raw:
+            self.history += [user, {"role": "assistant", "content": raw}]
+        assisted = bool(rules is not None and rules.intervened is not None and rules.intervened.any())
+        return Reply(raw, self.render(raw), constrained=self.constrained, assisted=assisted)
 
     def reset(self) -> None:
         self.history.clear()
@@ -158,3 +175,80 @@ def find_items(table: SidTable, text: str, n: int = 5) -> pd.DataFrame:
     """Items whose title contains `text` (case-insensitive): title -> SID lookups by hand."""
     hit = table.df[table.df["title"].astype(str).str.contains(text, case=False, regex=False)]
     return hit[["item_id", "sid", "title"]].head(n).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the demo's record
+# What a person sees in the demo, written down so anyone can check it without opening the
+# notebook: artifacts/<profile>/demo/transcript.jsonl and the "demo" entry of summary.json.
+
+# a recommendation request | a question that asks for words | one that asks for an item's SID
+REC_TURN, TEXT_TURN, SID_TURN = "rec", "text", "sid"
+TURN_KINDS = (REC_TURN, TEXT_TURN, SID_TURN)
+
+
+def words_outside_sids(raw: str, table: SidTable) -> list[str]:
+    """The words (2+ letters) of a reply once its SID blocks are taken out."""
+    import re
+
+    text, last, parts = raw, 0, []
+    for (a, b), _codes in table.scheme.find_all(text):
+        parts.append(text[last:a])
+        last = b
+    parts.append(text[last:])
+    return re.findall(r"[A-Za-z][A-Za-z'\-]+", " ".join(parts))
+
+
+@dataclass
+class DemoLog:
+    """The demo's turns: what was asked, what the model wrote, what a person read."""
+
+    table: SidTable = field(repr=False)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, section: str, kind: str, prompt: str, reply: Reply) -> Reply:
+        if kind not in TURN_KINDS:
+            raise ValueError(f"turn kind {kind!r}: expected one of {TURN_KINDS}")
+        trie = self.table.trie()
+        found = self.table.scheme.find_all(reply.raw)
+        items = [int(trie.item_of(c)) for _s, c in found if c is not None and trie.item_of(c) is not None]
+        words = words_outside_sids(reply.raw, self.table)
+        self.turns.append({
+            "section": section, "kind": kind, "prompt": prompt, "raw": reply.raw, "rendered": reply.text,
+            "constrained": reply.constrained, "assisted": reply.assisted, "items": items,
+            "sids": len(found), "words": len(words),
+            # words asked for: some words, and more words than SIDs (an answer may name the items)
+            "in_words": bool(words) and (not found or len(words) >= 2 * len(found)),
+        })
+        return reply
+
+    def counts(self) -> dict[str, Any]:
+        rec = [t for t in self.turns if t["kind"] == REC_TURN]
+        text = [t for t in self.turns if t["kind"] == TEXT_TURN]
+        return {
+            "turns": len(self.turns),
+            "empty_replies": sum(not t["raw"].strip() for t in self.turns),
+            "rec_turns": len(rec),
+            "rec_turns_with_item": sum(bool(t["items"]) for t in rec),
+            # the rec turns where a reply rule (a SID for <|rec|>) changed the model's own choice
+            "rec_turns_assisted": sum(t["assisted"] for t in rec),
+            "text_turns": len(text),
+            "text_turns_in_words": sum(t["in_words"] for t in text),
+            "sid_turns": sum(t["kind"] == SID_TURN for t in self.turns),
+            "sid_turns_with_item": sum(bool(t["items"]) for t in self.turns if t["kind"] == SID_TURN),
+        }
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.turns)
+
+    def write(self, folder: Any) -> Any:
+        """transcript.jsonl in `folder` (created); returns its path."""
+        import json
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "transcript.jsonl"
+        with path.open("w") as f:
+            for t in self.turns:
+                f.write(json.dumps(t, ensure_ascii=False) + "\n")
+        return path

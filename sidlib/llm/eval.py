@@ -51,11 +51,13 @@ import pandas as pd
 import torch
 
 from .. import metrics, paths, plots, summary
+from ..baselines import load_ranks
 from .. import split as splitlib
 from ..config import Config, LLMConfig
 from ..models.beam import BeamResult, CodeTrie, beam_search
 from ..sids import REC, SID_START, SidTable
 from . import base, chat, vocab
+from .chat import END_MARKERS, end_token_ids  # noqa: F401  (also reached as eval.end_token_ids)
 from .decode import ReplyOnly, SidConstraint  # noqa: F401  (ReplyOnly: also reached as eval.ReplyOnly)
 
 log = logging.getLogger("sidlib.llm.eval")
@@ -63,10 +65,11 @@ log = logging.getLogger("sidlib.llm.eval")
 STAGE_DIR = "09-eval"
 FINETUNED = "LLM (fine-tuned)"
 FLOOR = "LLM before fine-tuning"
-BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec", "sid_sasrec": "SID-SASRec", "sid_gr": "SID-GR"}
+BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec", "sid_sasrec": "SID-SASRec", "sid_gr": "SID-GR",
+                  "popularity_llm_users": "Popularity (the LLM's users)"}
+SAME_USERS = " (the LLM's users)"  # 07's models re-scored on the users the LLM ranks
 TABLE_COLUMNS = ["ndcg@10", "hit@10", "mrr", "ndcg@10_cold", "hit@10_cold", "n_users", "n_cold", "ranking"]
 # end-of-turn markers of the chat templates we know, besides the tokenizer's eos
-END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -345,23 +348,6 @@ class Decoder:
         return out
 
 
-def end_token_ids(tok: Any, model: Any = None) -> list[int]:
-    """Tokens that end the assistant's turn: eos, the model's generation eos, the template's marker."""
-    ids: list[int] = []
-    cands: list[Any] = [tok.eos_token_id]
-    gen = getattr(model, "generation_config", None)
-    if gen is not None and gen.eos_token_id is not None:
-        cands += gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
-    vocab_ = tok.get_vocab()
-    cands += [vocab_[m] for m in END_MARKERS if m in vocab_]
-    for c in cands:
-        if c is not None and int(c) not in ids:
-            ids.append(int(c))
-    if not ids:
-        raise ValueError("the tokenizer has no eos token: cannot tell where a reply ends")
-    return ids
-
-
 # --------------------------------------------------------------------------- prompts
 
 
@@ -387,12 +373,32 @@ def rec_messages(history: Sequence[int], table: SidTable, cfg: Config) -> list[d
 # --------------------------------------------------------------------------- per task
 
 
-def select_valid(valid_df: pd.DataFrame, per_task: int) -> pd.DataFrame:
-    """The first `per_task` valid conversations of each task (06 drew them at random), 0 = all."""
+CATALOG_TASK = "title_to_sid"  # the task that says whether the model knows the catalogue
+
+
+def select_valid(valid_df: pd.DataFrame, per_task: int, catalog_items: int = 0) -> pd.DataFrame:
+    """The first `per_task` valid conversations of each task (06 drew them at random), 0 = all;
+    title_to_sid the first `catalog_items` (0 = per_task)."""
     if "task" not in valid_df.columns or "messages" not in valid_df.columns:
         raise ValueError(f"06 valid data needs columns task, messages (has {list(valid_df.columns)})")
-    df = valid_df.groupby("task", sort=False).head(per_task) if per_task else valid_df
+    if not per_task and not catalog_items:
+        return valid_df.reset_index(drop=True)
+    rank = valid_df.groupby("task", sort=False).cumcount()
+    cap = np.where(valid_df["task"] == CATALOG_TASK, catalog_items or per_task, per_task)
+    cap = np.where(cap == 0, len(valid_df), cap)
+    df = valid_df[rank.to_numpy() < cap]
+    n_cat = int((df["task"] == CATALOG_TASK).sum())
+    if catalog_items and n_cat < catalog_items and (valid_df["task"] == CATALOG_TASK).any():
+        log.warning("eval.catalog_items=%d but 06 holds %d %s valid conversations: raise sft.valid_per_task",
+                    catalog_items, n_cat, CATALOG_TASK)
     return df.reset_index(drop=True)
+
+
+def wellformed(dec: "Decoder", text: str) -> bool:
+    """At least one SID block, and every block one code of each level, in order, closed (whether
+    it names an item is `Decoder.valid`)."""
+    found = dec.codes_in(text)
+    return bool(found) and all(c is not None for c in found)
 
 
 def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame, cfg: Config,
@@ -407,7 +413,7 @@ def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame,
     dec = decoder or Decoder(model, tok, table, cfg.llm)
     per_task = cfg.eval.per_task if per_task is None else per_task
     beam = cfg.eval.beam if beam is None else beam
-    df = select_valid(valid_df, per_task)
+    df = select_valid(valid_df, per_task, cfg.eval.catalog_items)
     rows: list[dict[str, Any]] = []
     for r in df.itertuples():
         msgs = list(r.messages)
@@ -427,11 +433,12 @@ def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame,
         st = dec.prefill([rows[i]["prompt_ids"] for i in idx])
         sid_pos = [j for j, i in enumerate(idx) if rows[i]["kind"] == "sid"]
         text_pos = [j for j, i in enumerate(idx) if rows[i]["kind"] == "text"]
-        # one free-reply pass: SID questions without and with the constraint, text questions with it
+        # one free-reply pass: SID questions without and with the constraint, text questions with it.
+        # Up to eval.max_new_tokens (not the reference's length): a reply may say a few words
+        # before its SID, and cutting it there would count a good answer as invalid
         free_rows = sid_pos + sid_pos + text_pos
         flags = [False] * len(sid_pos) + [True] * (len(sid_pos) + len(text_pos))
-        max_new = min(cap, max(rows[idx[j]]["ref_tokens"] for j in free_rows) + 2)
-        replies = dec.greedy(st, free_rows, max_new, flags)
+        replies = dec.greedy(st, free_rows, cap, flags)
         free, free_c, text_replies = (replies[: len(sid_pos)], replies[len(sid_pos): 2 * len(sid_pos)],
                                       replies[2 * len(sid_pos):])
         if sid_pos:
@@ -444,6 +451,7 @@ def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame,
                 row.update(greedy_item=int(top1[n]), depth=match_depth(pred, row["truths"]),
                            hit_at_k=bool(truth_items & set(topk[n].tolist())), topk=topk[n].tolist(),
                            reply=free_c[n], reply_unconstrained=free[n],
+                           wellformed_unconstrained=wellformed(dec, free[n]),
                            valid_unconstrained=dec.valid(free[n]), valid_constrained=dec.valid(free_c[n]),
                            depth_unconstrained=match_depth(dec.first_item_codes(free[n]), row["truths"]))
         for n, j in enumerate(text_pos):
@@ -466,6 +474,7 @@ def task_table(detail: pd.DataFrame, levels: int, beam: int) -> pd.DataFrame:
             row.update({key: float((depth >= k).mean()) for k, key in enumerate(keys, start=1)})
             row[f"exact_at_{beam}"] = float(g["hit_at_k"].mean())
             row["exact_unconstrained"] = float((g["depth_unconstrained"].to_numpy() >= levels).mean())
+            row["wellformed_unconstrained"] = float(g["wellformed_unconstrained"].mean())
             row["valid_unconstrained"] = float(g["valid_unconstrained"].mean())
             row["valid_constrained"] = float(g["valid_constrained"].mean())
         else:
@@ -510,6 +519,39 @@ def evaluate_recommender(dec: Decoder, samples: pd.DataFrame, cfg: Config, train
     seconds = time.perf_counter() - t0
     res.update(beam=k, seconds=round(seconds, 1), ms_per_user=round(1000 * seconds / max(len(samples), 1), 1))
     return res
+
+
+def popularity_on(samples: pd.DataFrame, train_counts: np.ndarray, cfg: Config) -> dict[str, Any]:
+    """The popularity baseline on these samples, with 07's protocol, in the summary layout."""
+    res = metrics.evaluate_model(metrics.popularity_score_fn(train_counts), samples, len(train_counts),
+                                 exclude_history=cfg.baselines.exclude_history, train_counts=train_counts,
+                                 cold_threshold=cfg.baselines.cold_threshold)
+    return {"ndcg@10": res["all"]["ndcg@10"], "hit@10": res["all"]["hit@10"], "mrr": res["all"]["mrr"],
+            "ndcg@10_cold": res["cold"].get("ndcg@10"), "hit@10_cold": res["cold"].get("hit@10"),
+            "n_users": res["n_users"], "n_cold": res["n_cold"]}
+
+
+def baselines_on(cfg: Config, samples: pd.DataFrame, train_counts: np.ndarray) -> dict[str, dict[str, Any]]:
+    """07's sequential models on exactly these users, from the per-user test ranks 07 saved
+    (none before 07 ran with them): rows named "<model> (the LLM's users)"."""
+    ranks = load_ranks(cfg.profile)
+    if ranks is None:
+        log.info("07-baselines saved no per-user ranks: its rows are over all its users only")
+        return {}
+    out = {}
+    for name, g in ranks.groupby("model", sort=False):
+        if name == "popularity":
+            continue  # popularity_on scores it directly
+        try:
+            res = metrics.on_users(g, samples, train_counts, cfg.baselines.cold_threshold)
+        except ValueError as e:
+            log.warning("07's %s ranks do not cover the LLM's users (%s): row left out", name, e)
+            continue
+        out[BASELINE_NAMES.get(name, name) + SAME_USERS] = {
+            "ndcg@10": res["all"]["ndcg@10"], "hit@10": res["all"]["hit@10"], "mrr": res["all"]["mrr"],
+            "ndcg@10_cold": res["cold"].get("ndcg@10"), "hit@10_cold": res["cold"].get("hit@10"),
+            "n_users": res["n_users"], "n_cold": res["n_cold"]}
+    return out
 
 
 # --------------------------------------------------------------------------- the table
@@ -665,14 +707,22 @@ def run(cfg: Config, model_dir: str = "", progress: bool = True) -> EvalOutputs:
         recs[FLOOR] = evaluate_recommender(Decoder(fmodel, ftok, table, cfg.llm), samples, cfg, counts, progress)
         del fmodel
     llm_rows = {name: rec_summary(r) for name, r in recs.items()}
-    comparison = comparison_table(_baseline_metrics(cfg.profile), llm_rows)
+    # the LLM ranks a sample of the test users: popularity on exactly those users is the bar it
+    # must clear (07's rows are over every user; their n_users column says so)
+    pop = popularity_on(samples, counts, cfg)
+    same = baselines_on(cfg, samples, counts)
+    comparison = comparison_table({**_baseline_metrics(cfg.profile), "popularity_llm_users": pop, **same}, llm_rows)
     levels, beam = table.scheme.levels, cfg.eval.beam
     sid_rows = detail[detail["kind"] == "sid"]
     llm = {"tasks": {t: {k: v for k, v in row.items() if k != "kind" and pd.notna(v)}
                      for t, row in tasks.to_dict("index").items()},
+           "wellformed_rate_unconstrained": float(sid_rows["wellformed_unconstrained"].mean()) if len(sid_rows) else None,
            "valid_rate_unconstrained": float(sid_rows["valid_unconstrained"].mean()) if len(sid_rows) else None,
            "valid_rate_constrained": float(sid_rows["valid_constrained"].mean()) if len(sid_rows) else None,
-           **llm_rows[FINETUNED]}
+           **llm_rows[FINETUNED],
+           "popularity_ndcg@10_same_users": pop["ndcg@10"],
+           "same_users_ndcg@10": {**{k.removesuffix(SAME_USERS): v["ndcg@10"] for k, v in same.items()},
+                                  "popularity": pop["ndcg@10"]}}
     plot_paths = {
         "comparison": plots.bars(comparison[["ndcg@10", "hit@10", "ndcg@10_cold", "hit@10_cold"]].fillna(0.0),
                                  out / "comparison.png", title=f"{cfg.profile}: test users (n per row in the table)"),

@@ -83,11 +83,14 @@ CATALOG = ("category_to_sid", "prefix_to_category", "similar_items")
 COPURCHASE = ("copurchase_forward", "copurchase_backward")
 # the default sequential tasks (sft.seq_lengths = [2, 3, 5]); other lengths give seq_last_N
 SEQUENTIAL = ("seq_last_2", "seq_last_3", "seq_last_5")
-TASKS = TEXT_TO_SID + SID_TO_TEXT + CATALOG + SEQUENTIAL + COPURCHASE + ("rec_steering",)
+# answers in sentences about items the prompt names: they keep the model answering in words when
+# words are asked for (a model fine-tuned on SID answers alone answers everything with a SID)
+EXPLAIN = ("pair_in_common", "bundle_name")
+TASKS = TEXT_TO_SID + SID_TO_TEXT + CATALOG + SEQUENTIAL + COPURCHASE + ("rec_steering",) + EXPLAIN
 # tasks whose samples come from users' sequences (the leakage rules apply to them)
 USER_TASK_PREFIXES = ("seq_last_", "copurchase_", "rec_steering")
 
-FAMILIES = {"text -> SID": TEXT_TO_SID, "SID -> text": SID_TO_TEXT, "catalog": CATALOG,
+FAMILIES = {"text -> SID": TEXT_TO_SID, "SID -> text": SID_TO_TEXT, "catalog": CATALOG, "explain": EXPLAIN,
             "co-purchase": COPURCHASE, "rec steering": ("rec_steering",)}
 
 SIMILAR_ANSWER_ITEMS = 3  # items listed by a similar_items answer
@@ -211,6 +214,15 @@ TEMPLATES: dict[str, list[tuple[str, str]]] = {
         ("I {verb} {history}. {prefs} What should I try next? {rec}", "{sid}"),
     ],
 }
+TEMPLATES["pair_in_common"] = [
+    ('Why do people who liked "{title}" ({sid}) also like "{title_b}" ({sid_b})?', "{answer}"),
+    ("What do {sid} and {sid_b} have in common?", "{answer}"),
+    ('How are "{title}" and "{title_b}" alike?', "{answer}"),
+]
+TEMPLATES["bundle_name"] = [
+    ("Give a short, catchy name for a bundle of these {nouns}: {history}.", "{answer}"),
+    ("Name a collection made of {history}.", "{answer}"),
+]
 REC_WITH_HISTORY = {1, 2}
 PREFERENCES = [
     "I like {labels} {nouns}{brand}.",
@@ -869,6 +881,70 @@ def rec_drafts(ctx: Context, part: str, seed: int) -> list[Draft]:
     return out
 
 
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def pair_answer(cat: Catalog, a: int, b: int) -> str:
+    """Why two items go together, from their categories: what they share, else what each is."""
+    shared = [lab for lab in cat.labels[a] if lab in cat.labels[b]]
+    if shared:
+        return f"Both are {_join_and(shared[:2])} {cat.words.nouns}."
+    la, lb = (_join_and(cat.labels[i][:2]) if cat.labels[i] else "popular" for i in (a, b))
+    return (f'"{cat.titles[a]}" is {_a(la)} {cat.words.noun} and "{cat.titles[b]}" is {_a(lb)} {cat.words.noun}; '
+            f"{cat.words.people} often {cat.words.verb} them together.")
+
+
+def bundle_answer(cat: Catalog, items: Sequence[int]) -> str | None:
+    """A name for a bundle from its most shared categories: "Comedy & Drama Night"."""
+    counts = Counter(lab for i in items for lab in cat.labels[i])
+    if not counts:
+        return None
+    top = [lab for lab, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2]]
+    return f'"{" & ".join(top)} Night"'
+
+
+def explain_drafts(ctx: Context, task: str, part: str, seed: int) -> list[Draft]:
+    """pair_in_common: each item's strongest training-sequence partner, the answer from their
+    categories. bundle_name: three consecutive items of a training part, named after their most
+    shared categories. Valid samples are drawn the same way with another generator (catalog
+    facts: they measure fit)."""
+    rng = _rng(seed, task, part)
+    cat = ctx.catalog
+    cap = ctx.cfg.max_per_task if part == "train" else ctx.cfg.valid_per_task
+    out: list[Draft] = []
+    if task == "pair_in_common":
+        edges = copurchase_edges(ctx.inputs, metadata=False)
+        edges = edges.sort_values(["src", "count", "dst"], ascending=[True, False, True]).groupby("src").head(1)
+        ctx.tally.add(task, part, "candidates", len(edges))
+        src, dst = edges["src"].to_numpy(), edges["dst"].to_numpy()
+        for j in rng.permutation(len(edges)).tolist():
+            a, b = int(src[j]), int(dst[j])
+            if not cat.titles[a] or not cat.titles[b]:
+                ctx.tally.skip(task, part, "an item without a title")
+                continue
+            out.append(Draft(task, _pick_template(rng, task),
+                             {"sid": cat.sids[a], "title": cat.titles[a], "sid_b": cat.sids[b], "title_b": cat.titles[b],
+                              "answer": pair_answer(cat, a, b)}, context=[a, b]))
+            if cap and len(out) >= cap:
+                break
+        return out
+    train = ctx.inputs.split["train"].tolist()
+    rows, pos, _last = _windows(train, 2)
+    ctx.tally.add(task, part, "candidates", len(rows))
+    for j in rng.permutation(len(rows)).tolist():
+        items = [int(i) for i in train[int(rows[j])][int(pos[j]) - 2: int(pos[j]) + 1]]
+        answer = bundle_answer(cat, items)
+        if answer is None:
+            ctx.tally.skip(task, part, "no item of the bundle has a category")
+            continue
+        out.append(Draft(task, _pick_template(rng, task), {"answer": answer}, history=items, min_history=3,
+                         context=items))
+        if cap and len(out) >= cap:
+            break
+    return out
+
+
 def drafts_for(ctx: Context, task: str, part: str, seed: int) -> list[Draft]:
     if task in ITEM_BUILDERS:
         return item_drafts(ctx, task, part, seed)
@@ -880,6 +956,8 @@ def drafts_for(ctx: Context, task: str, part: str, seed: int) -> list[Draft]:
         return copurchase_drafts(ctx, task, part, seed)
     if task == "rec_steering":
         return rec_drafts(ctx, part, seed)
+    if task in EXPLAIN:
+        return explain_drafts(ctx, task, part, seed)
     raise ValueError(f"no builder for task {task!r}")
 
 

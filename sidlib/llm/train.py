@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from transformers import TrainerCallback
@@ -39,7 +40,7 @@ from transformers import TrainerCallback
 from .. import paths
 from ..config import Config, FinetuneConfig, LLMConfig
 from ..sids import SidTable
-from . import base, chat, vocab
+from . import base, chat, head, vocab
 
 log = logging.getLogger("sidlib.llm.train")
 
@@ -57,9 +58,10 @@ def encode_frame(df: pd.DataFrame, tokenizer: Any, cfg: LLMConfig, max_samples: 
 
     if max_samples and len(df) > max_samples:
         df = df.sample(n=max_samples, random_state=seed)
-    rows: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": []}
+    rows: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "task": []}
     too_long = 0
-    for messages in df["messages"]:
+    tasks = df["task"].astype(str).tolist() if "task" in df.columns else [""] * len(df)
+    for messages, task in zip(df["messages"], tasks):
         enc = chat.encode(tokenizer, messages, cfg)
         if len(enc["input_ids"]) > cfg.max_length:
             too_long += 1
@@ -67,6 +69,7 @@ def encode_frame(df: pd.DataFrame, tokenizer: Any, cfg: LLMConfig, max_samples: 
         rows["input_ids"].append(enc["input_ids"])
         rows["labels"].append(enc["labels"])
         rows["length"].append(len(enc["input_ids"]))
+        rows["task"].append(task)
     if too_long:
         log.warning("dropped %d of %d conversations longer than llm.max_length=%d", too_long, len(df), cfg.max_length)
     if not rows["length"]:
@@ -94,25 +97,53 @@ class PaddedCollator:
 
 
 class Counting:
-    """Wraps a collator and counts the real (non-padding) tokens it hands to the model."""
+    """Wraps a collator and counts the real (non-padding) tokens it hands to the model.
 
-    def __init__(self, inner: Any):
+    With `labelled_only` the batch also carries `logits_to_keep`: a [B, T] mask of the positions
+    whose next token has a label. The model then projects only those hidden states onto the
+    vocabulary (transformers' `logits_to_keep`), and `labelled_loss` scores them. In 06's data
+    ~12% of the tokens are answer tokens, and the output projection over SmolLM2's 49k rows is
+    ~20% of a step's compute: skipping it for the prompt tokens is 1.2x tokens/s (measured,
+    docs/benchmarks.md) for exactly the same loss."""
+
+    def __init__(self, inner: Any, labelled_only: bool = False):
         self.inner = inner
+        self.labelled_only = labelled_only
         self.tokens = 0
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         feats = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
         self.tokens += sum(len(f["input_ids"]) for f in feats)
-        return self.inner(feats)
+        batch = self.inner(feats)
+        if self.labelled_only:
+            batch["logits_to_keep"] = keep_mask(batch["labels"])
+        return batch
 
 
-def make_collator(tokenizer: Any, packing: bool, attn: str) -> Counting:
+def keep_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] True where position t predicts a labelled token t+1."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != chat.IGNORE
+    return keep
+
+
+def labelled_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """Causal-LM cross-entropy from the logits of the kept positions only ([kept, vocab], in the
+    row-major order of `keep_mask`): the same value as the model's own loss on the full logits."""
+    targets = labels[:, 1:][labels[:, 1:] != chat.IGNORE]
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+    loss = torch.nn.functional.cross_entropy(logits, targets.to(logits.device), reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else max(len(targets), 1)
+    return loss / n
+
+
+def make_collator(tokenizer: Any, packing: bool, attn: str, labelled_only: bool = False) -> Counting:
     if packing:
         from transformers import DataCollatorWithFlattening
 
         # cu_seq_lens for flash-attention's varlen kernel; sdpa/eager read the position ids
-        return Counting(DataCollatorWithFlattening(return_flash_attn_kwargs=attn == "flash_attention_2"))
-    return Counting(PaddedCollator(tokenizer.pad_token_id))
+        return Counting(DataCollatorWithFlattening(return_flash_attn_kwargs=attn == "flash_attention_2"), labelled_only)
+    return Counting(PaddedCollator(tokenizer.pad_token_id), labelled_only)
 
 
 # --------------------------------------------------------------------------- settings
@@ -171,7 +202,31 @@ def plans(cfg: FinetuneConfig) -> list[StagePlan]:
     ]
 
 
-def training_args(plan: StagePlan, cfg: FinetuneConfig, out: Path, device: str, seed: int, has_valid: bool) -> Any:
+def warmup_steps(plan: StagePlan, cfg: FinetuneConfig, n_samples: int, world: int = 1) -> int:
+    """Warmup in whole steps. Linear warmup runs its first step at LR 0, so a warmup of one step
+    only wastes that step (as 20 steps x 0.03 did): shorter than 2 steps means none."""
+    per_step = max(cfg.batch_size * cfg.grad_accum * world, 1)
+    steps = plan.max_steps if plan.max_steps > 0 else math.ceil(plan.epochs * math.ceil(n_samples / per_step))
+    n = round(plan.warmup * steps) if plan.warmup < 1 else int(plan.warmup)
+    return n if n >= 2 else 0
+
+
+def stage_order(n: int, seed: int, stage: str, tasks: list[str] | None = None,
+                first: list[str] | tuple[str, ...] = ()) -> list[int]:
+    """The order a stage reads the conversations in: a permutation seeded by (seed, stage), so
+    the two stages see different conversations first (with one seed they replayed the same
+    batches) and a capped stage trains on a random sample of every task. Conversations of the
+    `first` tasks (per row `tasks`) come before all others: stage 1's curriculum puts the whole
+    catalogue (title -> SID, every item once) ahead of the rest."""
+    salt = {"stage1": 1, "stage2": 2}.get(stage, 3)
+    order = np.random.default_rng([seed, salt]).permutation(n).tolist()
+    if first and tasks is not None:
+        head_ = [i for i in order if tasks[i] in first]
+        order = head_ + [i for i in order if tasks[i] not in first]
+    return order
+
+
+def training_args(plan: StagePlan, cfg: FinetuneConfig, out: Path, device: str, seed: int, warmup: int) -> Any:
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -184,7 +239,7 @@ def training_args(plan: StagePlan, cfg: FinetuneConfig, out: Path, device: str, 
         num_train_epochs=plan.epochs,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
-        warmup_steps=plan.warmup,  # a float < 1 is a share of the total steps
+        warmup_steps=warmup,
         weight_decay=plan.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         optim=resolve_optim(cfg, device),
@@ -199,6 +254,8 @@ def training_args(plan: StagePlan, cfg: FinetuneConfig, out: Path, device: str, 
         remove_unused_columns=False,
         use_cpu=device == "cpu",
         seed=seed,
+        # the dataset is already in the stage's own seeded order (stage_order)
+        train_sampling_strategy="sequential",
         dataloader_num_workers=0,
     )
 
@@ -245,14 +302,16 @@ def fresh(folder: Path, fingerprint: dict[str, Any]) -> None:
     stamp.write_text(blob)
 
 
-def mask_old_rows(model: Any, n_old: int) -> list[Any]:
-    """Gradient hooks that zero the old-vocabulary rows of both embedding matrices."""
+def mask_old_rows(model: Any, new_ids: list[int]) -> list[Any]:
+    """Gradient hooks that zero every row of both embedding matrices but the new tokens' (the old
+    vocabulary, and any spare rows a model keeps beyond its tokenizer)."""
     hooks = []
     for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-        def zero_old(g: torch.Tensor) -> torch.Tensor:
-            g = g.clone()
-            g[:n_old] = 0
-            return g
+        keep = torch.zeros(w.shape[0], 1, dtype=w.dtype)
+        keep[torch.as_tensor(new_ids, dtype=torch.long)] = 1
+
+        def zero_old(g: torch.Tensor, keep: torch.Tensor = keep) -> torch.Tensor:
+            return g * keep.to(g.device, g.dtype)
 
         hooks.append(w.register_hook(zero_old))
     return hooks
@@ -265,6 +324,7 @@ class StageResult:
     tokens: int
     final_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # stage 1 cached: the fit's report
 
     @property
     def tokens_per_second(self) -> float:
@@ -273,17 +333,21 @@ class StageResult:
 
 def train_stage(model: Any, tokenizer: Any, dataset: Any, plan: StagePlan, cfg: FinetuneConfig, out: Path,
                 device: str, attn: str, seed: int, resume: bool = True, save_to: Path | None = None) -> StageResult:
-    """One Trainer run; checkpoints in `out`, resumed from the last one. The trained model is
-    saved to `save_to` by the Trainer (main process only; FSDP shards gathered)."""
+    """One Trainer run over `dataset` in its order; checkpoints in `out` (optimizer state
+    included), resumed from the last one. The trained model is saved to `save_to` by the Trainer
+    (main process only; FSDP shards gathered)."""
+    from accelerate import PartialState
     from transformers import Trainer
 
-    collator = make_collator(tokenizer, cfg.packing, attn)
+    labelled = cfg.labelled_logits_only and cfg.packing  # padded rows: the model's own loss
+    collator = make_collator(tokenizer, cfg.packing, attn, labelled_only=labelled)
     # transformers reads packed position ids as conversation boundaries only without a KV cache
     # (with one it silently attends across conversations): training never uses the cache
     model.config.use_cache = False
     cb = Throughput(collator)
-    trainer = Trainer(model=model, args=training_args(plan, cfg, out, device, seed, False), train_dataset=dataset,
-                      data_collator=collator, callbacks=[cb])
+    warmup = warmup_steps(plan, cfg, len(dataset), PartialState().num_processes)
+    trainer = Trainer(model=model, args=training_args(plan, cfg, out, device, seed, warmup), train_dataset=dataset,
+                      data_collator=collator, callbacks=[cb], compute_loss_func=labelled_loss if labelled else None)
     ckpt = last_checkpoint(out) if resume else None
     if ckpt:
         log.info("%s: resuming from %s", plan.name, ckpt)
@@ -305,6 +369,48 @@ def train_stage(model: Any, tokenizer: Any, dataset: Any, plan: StagePlan, cfg: 
         model.config.use_cache = False
     return StageResult(steps=int(trainer.state.global_step), seconds=seconds, tokens=tokens,
                        final_loss=float(losses[-1] if losses else result.training_loss), history=cb.history)
+
+
+def freeze_lower(model: Any, n_layers: int) -> int:
+    """Stage 2 with finetune.freeze_layers: input embeddings and the lowest n decoder layers stay
+    as they are (no gradient, so no backward pass below layer n). Returns trainable params."""
+    layers = model.get_decoder().layers
+    if n_layers >= len(layers):
+        raise ValueError(f"finetune.freeze_layers={n_layers}: the model has {len(layers)} layers; keep at least one training")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if n_layers > 0:
+        model.get_input_embeddings().weight.requires_grad_(False)
+        for layer in layers[:n_layers]:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def stage1_cached(cfg: Config, model: Any, tok: Any, table: SidTable, data: Any, done: Path,
+                  main_proc: bool) -> StageResult:
+    """Stage 1 on cached hidden states (sidlib.llm.head), run by the main process alone (it is
+    deterministic and cheap to share: the other processes load the saved folder for stage 2)."""
+    ft = cfg.finetune
+    if not main_proc:
+        return StageResult(steps=0, seconds=0.0, tokens=0, final_loss=math.nan)
+    model.to(resolve_device(cfg.llm))  # the forward passes on the GPU when there is one
+    # the SID rows, and the end-of-turn row: after <|sid_end|> (a token the trunk has never read)
+    # the frozen trunk does not predict the end of the turn, and only that row can learn it here
+    rows = list(dict.fromkeys(vocab.sid_token_ids(tok, table.scheme) + chat.end_token_ids(tok, model)))
+    rep = head.stage1_cached(model, data, rows, ft.stage1_epochs, ft.stage1_lr, ft.batch_size, cfg.seed)
+    done.mkdir(parents=True, exist_ok=True)
+    model.to("cpu")
+    model.config.use_cache = True
+    model.save_pretrained(done)
+    tok.save_pretrained(done)
+    model.config.use_cache = False
+    history = [{"step": r["epoch"], "loss": r.get("valid_loss", r["train_loss"]), "train_loss": r["train_loss"]}
+               for r in rep["curve"]]
+    seconds = rep["collect_seconds"] + rep["fit_seconds"]
+    return StageResult(steps=rep["best_epoch"], seconds=seconds, tokens=rep["tokens"],
+                       final_loss=float(rep["after"].get("loss", math.nan)), history=history,
+                       extra={k: v for k, v in rep.items() if k != "curve"})
 
 
 # --------------------------------------------------------------------------- the stage
@@ -374,16 +480,23 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
             model.config.use_cache = False
         if data is None:
             data = encode_frame(sft_train, tok, cfg.llm, ft.max_train_samples, cfg.seed)
-        hooks = []
-        if plan.name == "stage1":
-            trainable = vocab.freeze_all_but_embeddings(model)
-            hooks = mask_old_rows(model, vocab_info["vocab_before"])
+        first = ft.stage1_first if plan.name == "stage1" else ()
+        order = stage_order(len(data), cfg.seed, plan.name, data["task"], first)
+        if plan.name == "stage1" and ft.stage1_mode == "cached":
+            res = stage1_cached(cfg, model, tok, table, data.select(order[: ft.stage1_samples or len(order)]), done,
+                                main_proc)
         else:
-            trainable = sum(p.numel() for p in model.parameters())
-        log.info("%s: %d trainable parameters, lr %g", plan.name, trainable, plan.lr)
-        res = train_stage(model, tok, data, plan, ft, out / plan.name, device, attn, cfg.seed, resume, save_to=done)
-        for h in hooks:
-            h.remove()
+            hooks = []
+            if plan.name == "stage1":
+                trainable = vocab.freeze_all_but_embeddings(model)
+                hooks = mask_old_rows(model, vocab.sid_token_ids(tok, table.scheme))
+            else:
+                trainable = freeze_lower(model, ft.freeze_layers)
+            log.info("%s: %d trainable parameters, lr %g", plan.name, trainable, plan.lr)
+            res = train_stage(model, tok, data.select(order), plan, ft, out / plan.name, device, attn, cfg.seed,
+                              resume, save_to=done)
+            for h in hooks:
+                h.remove()
         results[plan.name] = res
         if main_proc:
             (done / "result.json").write_text(json.dumps({**res.__dict__, "vocab": vocab_info}))
@@ -401,6 +514,10 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
         "final_loss": round(last.final_loss, 4) if last else math.nan,
         "stage1_loss": round(s1.final_loss, 4) if s1 else None,
         "stage1_tokens_per_second": round(s1.tokens_per_second, 1) if s1 else None,
+        "stage1_mode": ft.stage1_mode,
+        "stage1_fit": (s1.extra or None) if s1 else None,
+        "stage2_tokens_per_second": round(s2.tokens_per_second, 1) if s2 else None,
+        "freeze_layers": ft.freeze_layers,
         "train_samples": len(sft_train) if not ft.max_train_samples else min(len(sft_train), ft.max_train_samples),
         "packing": ft.packing,
         "attn": attn,

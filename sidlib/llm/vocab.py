@@ -108,9 +108,13 @@ def resize_and_init(model: Any, tokenizer: Any, scheme: SidScheme, method: str =
     if method not in INITS:
         raise LLMError(f"finetune.init={method!r}: expected one of {INITS}")
     ids = add_sid_tokens(tokenizer, scheme)
-    old = model.get_input_embeddings().weight.shape[0]
+    rows = model.get_input_embeddings().weight.shape[0]
+    # the old vocabulary is the tokenizer's, not the embedding matrix's: Qwen3 has 151,936 rows for
+    # 151,669 tokens, so the SID tokens take ids inside the existing rows (no resize) and must not
+    # be counted among the old ones (stage 1 would freeze them, the init would average padding rows)
+    old = n_old_tokens(tokenizer, scheme)
     tied = untie_embeddings(model)
-    if len(tokenizer) > old:
+    if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     n_codes = scheme.num_code_tokens
     code_ids, special_ids = ids[:n_codes], ids[n_codes:]
@@ -129,7 +133,16 @@ def resize_and_init(model: Any, tokenizer: Any, scheme: SidScheme, method: str =
             emb[code_ids] = code_rows(text_rows(base, token_lists), codes, scheme).to(emb.dtype)
         emb[special_ids] = mean.to(emb.dtype)
     return {"added": len(tokenizer) - old, "vocab_before": old, "vocab_after": len(tokenizer),
-            "untied": tied, "init": method}
+            "embedding_rows": int(model.get_input_embeddings().weight.shape[0]), "untied": tied, "init": method}
+
+
+def n_old_tokens(tokenizer: Any, scheme: SidScheme) -> int:
+    """Tokens of the base vocabulary: every id below the first SID token (they are appended)."""
+    ids = sid_token_ids(tokenizer, scheme)
+    first = min(ids)
+    if sorted(ids) != list(range(first, first + len(ids))):
+        raise LLMError("the SID tokens are not one block of ids at the end of the vocabulary")
+    return first
 
 
 def freeze_all_but_embeddings(model: Any) -> int:

@@ -314,7 +314,8 @@ def report(model: SequentialModel, split: pd.DataFrame, cfg: BaselineConfig, fit
     out: dict[str, Any] = {"model": getattr(model, "name", type(model).__name__)}
     for which in ("valid", "test"):
         t0 = time.perf_counter()
-        out[which] = evaluate_split(model, split, which, cfg, counts, seed=seed)
+        # test ranks per user: 09 measures every model on the LLM's users (sidlib.metrics.on_users)
+        out[which] = evaluate_split(model, split, which, cfg, counts, seed=seed, return_ranks=which == "test")
         out[which]["seconds"] = time.perf_counter() - t0
     out["cold_unseen"] = {w: out[w].get("cold_unseen", 0) for w in ("valid", "test")}
     out["n_params"] = int(sum(p.numel() for p in model.parameters()))  # type: ignore[attr-defined]
