@@ -117,6 +117,30 @@ def test_every_task_has_samples_and_several_phrasings(smoke_data, gift_data, smo
     assert rec["messages"].map(lambda m: " movies" in m[1]["content"]).all()
 
 
+def test_explain_tasks_answer_in_words(smoke_data, smoke):
+    """pair_in_common and bundle_name: answers in words (no SID), from the named items' genres."""
+    cfg, inputs, _tok = smoke
+    table = inputs.table
+    cats = inputs.items.set_index("item_id")["categories"]
+    pairs = smoke_data.train[smoke_data.train["task"] == "pair_in_common"]
+    assert len(pairs) > 0 and smoke_data.report["tasks"]["pair_in_common"]["phrasings"] == 3
+    for r in pairs.head(50).itertuples():
+        answer = r.messages[-1]["content"]
+        assert "<|sid" not in answer and answer.endswith(".")
+        a, b = r.context_items
+        shared = [g for g in cats[a] if g in list(cats[b])]
+        if shared:
+            assert answer.startswith("Both are ") and shared[0] in answer
+    bundles = smoke_data.train[smoke_data.train["task"] == "bundle_name"]
+    assert len(bundles) > 0
+    for r in bundles.head(50).itertuples():
+        answer = r.messages[-1]["content"]
+        assert "<|sid" not in answer and answer.endswith(' Night"')
+        assert len(sid_blocks(r.messages[1]["content"], table.scheme)) == 3  # the three bundled items
+        top = answer.strip('"').removesuffix(" Night").split(" & ")[0]
+        assert any(top in list(cats[i]) for i in r.context_items)
+
+
 def test_gift_cards_text_tasks_and_metadata_pairs(gift_data, gift):
     _, inputs, _ = gift
     rep = gift_data.report["tasks"]

@@ -222,6 +222,7 @@ TEMPLATES["pair_in_common"] = [
 TEMPLATES["bundle_name"] = [
     ("Give a short, catchy name for a bundle of these {nouns}: {history}.", "{answer}"),
     ("Name a collection made of {history}.", "{answer}"),
+    ("What would you call a set of these {nouns}: {history}?", "{answer}"),
 ]
 REC_WITH_HISTORY = {1, 2}
 PREFERENCES = [

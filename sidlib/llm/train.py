@@ -332,7 +332,8 @@ class StageResult:
 
 
 def train_stage(model: Any, tokenizer: Any, dataset: Any, plan: StagePlan, cfg: FinetuneConfig, out: Path,
-                device: str, attn: str, seed: int, resume: bool = True, save_to: Path | None = None) -> StageResult:
+                device: str, attn: str, seed: int, resume: bool = True, save_to: Path | None = None,
+                callbacks: list[Any] | None = None) -> StageResult:
     """One Trainer run over `dataset` in its order; checkpoints in `out` (optimizer state
     included), resumed from the last one. The trained model is saved to `save_to` by the Trainer
     (main process only; FSDP shards gathered)."""
@@ -347,7 +348,8 @@ def train_stage(model: Any, tokenizer: Any, dataset: Any, plan: StagePlan, cfg: 
     cb = Throughput(collator)
     warmup = warmup_steps(plan, cfg, len(dataset), PartialState().num_processes)
     trainer = Trainer(model=model, args=training_args(plan, cfg, out, device, seed, warmup), train_dataset=dataset,
-                      data_collator=collator, callbacks=[cb], compute_loss_func=labelled_loss if labelled else None)
+                      data_collator=collator, callbacks=[cb, *(callbacks or [])],
+                      compute_loss_func=labelled_loss if labelled else None)
     ckpt = last_checkpoint(out) if resume else None
     if ckpt:
         log.info("%s: resuming from %s", plan.name, ckpt)
@@ -436,13 +438,16 @@ def prepare_model(cfg: Config, table: SidTable, device: str, attn: str) -> tuple
 
 
 def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | None = None,
-             resume: bool = True, stages: tuple[str, ...] = ("stage1", "stage2")) -> dict[str, Any]:
+             resume: bool = True, stages: tuple[str, ...] = ("stage1", "stage2"),
+             callbacks: list[Any] | None = None, on_stage1: Any = None) -> dict[str, Any]:
     """Both stages; returns the metrics of summary.json's `finetune` entry plus the loss curves.
 
     Stage 1 saves to <out>/stage1/final, stage 2 starts from there and saves the final model to
     <out>/model: a normal HF folder (tokenizer included) with the SID table beside the weights,
     so the model never travels without the meaning of its tokens. A finished stage is not rerun
-    when resuming; an interrupted one resumes from its last checkpoint."""
+    when resuming; an interrupted one resumes from its last checkpoint. `callbacks` go to the
+    stage-2 Trainer and `on_stage1(model, tok)` runs after stage 1 (bench/llm_curve.py measures
+    the model along the way)."""
     from accelerate import PartialState
 
     from ..models.train import set_seed
@@ -494,10 +499,12 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
                 trainable = freeze_lower(model, ft.freeze_layers)
             log.info("%s: %d trainable parameters, lr %g", plan.name, trainable, plan.lr)
             res = train_stage(model, tok, data.select(order), plan, ft, out / plan.name, device, attn, cfg.seed,
-                              resume, save_to=done)
+                              resume, save_to=done, callbacks=callbacks if plan.name == "stage2" else None)
             for h in hooks:
                 h.remove()
         results[plan.name] = res
+        if plan.name == "stage1" and on_stage1 is not None:
+            on_stage1(model, tok)
         if main_proc:
             (done / "result.json").write_text(json.dumps({**res.__dict__, "vocab": vocab_info}))
         # only the main process writes `done`; the others read it next (stage 2 starts from it), so
