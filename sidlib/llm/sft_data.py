@@ -106,7 +106,7 @@ def seq_task(n: int) -> str:
 def all_tasks(cfg: SftDataConfig) -> list[str]:
     """Every task these settings can build, in report order."""
     seq = [seq_task(n) for n in cfg.seq_lengths]
-    return list(TEXT_TO_SID + SID_TO_TEXT + CATALOG) + seq + list(COPURCHASE) + ["rec_steering"]
+    return list(TEXT_TO_SID + SID_TO_TEXT + CATALOG) + seq + list(COPURCHASE) + ["rec_steering"] + list(EXPLAIN)
 
 
 def selected_tasks(cfg: SftDataConfig) -> list[str]:
