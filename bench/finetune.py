@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -140,9 +139,7 @@ def main() -> None:
         result["init"] = init_compare(cfg, sft, valid, table, args.init_steps, args.title_n)
         print(pd.DataFrame(result["init"]).T.to_string())
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = paths.artifacts_root() / "bench" / f"finetune_{cfg.profile}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float))
+    out = paths.write_bench(f"finetune_{cfg.profile}", result)
     print(f"wrote {out}")
 
 

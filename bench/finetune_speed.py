@@ -22,7 +22,6 @@ Prints a table and writes artifacts/bench/finetune_speed_<profile>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import pandas as pd
@@ -166,9 +165,7 @@ def main() -> None:
     res = {"profile": cfg.profile, "threads": torch.get_num_threads(), "torch": torch.__version__, "lr": lr,
            "batch_size": cfg.finetune.batch_size, "steps": args.steps, "seconds_budget": args.seconds,
            "variants": rows}
-    out = paths.artifacts_root() / "bench" / f"finetune_speed_{cfg.profile}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=float))
+    out = paths.write_bench(f"finetune_speed_{cfg.profile}", res)
     print(f"wrote {out}")
 
 

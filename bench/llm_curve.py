@@ -20,7 +20,6 @@ Prints a table and writes artifacts/bench/llm_curve_<profile>.json (and a PNG be
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -125,11 +124,9 @@ def main() -> None:
     frame = pd.DataFrame(curve.points).set_index("point")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.round(4).to_string())
-    out = paths.artifacts_root() / "bench" / f"llm_curve_{cfg.profile}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"profile": cfg.profile, "finetune": cfg.to_dict()["finetune"], "users": args.users,
-                               "items": args.items, "points": curve.points,
-                               "eval_seconds": round(curve.eval_seconds, 1)}, indent=2, default=float))
+    out = paths.write_bench(f"llm_curve_{cfg.profile}", {
+        "profile": cfg.profile, "finetune": cfg.to_dict()["finetune"], "users": args.users, "items": args.items,
+        "points": curve.points, "eval_seconds": round(curve.eval_seconds, 1)})
     plots.curves({k: frame[k].tolist() for k in ("ndcg@10", "title_level1", "valid_unassisted", "wellformed_unassisted")},
                  out.with_suffix(".png"), xlabel="point (see the JSON for tokens)")
     print(f"wrote {out}")

@@ -7,6 +7,7 @@ executed notebooks. `SIDLIB_ARTIFACTS` / `SIDLIB_RUNS` move them (tests use temp
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +21,14 @@ class AssetMissing(FileNotFoundError):
 
 def artifacts_root() -> Path:
     return Path(os.environ.get("SIDLIB_ARTIFACTS", REPO / "artifacts"))
+
+
+def write_bench(name: str, result: dict) -> Path:
+    """A benchmark's JSON result: artifacts/bench/<name>.json (bench/*.py); returns its path."""
+    out = artifacts_root() / "bench" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float))
+    return out
 
 
 def runs_root() -> Path:

@@ -57,7 +57,7 @@ from ..config import Config, LLMConfig
 from ..models.beam import BeamResult, CodeTrie, beam_search
 from ..sids import REC, SID_START, SidTable
 from . import base, chat, vocab
-from .chat import END_MARKERS, end_token_ids  # noqa: F401  (also reached as eval.end_token_ids)
+from .chat import end_token_ids
 from .decode import ReplyOnly, SidConstraint  # noqa: F401  (ReplyOnly: also reached as eval.ReplyOnly)
 
 log = logging.getLogger("sidlib.llm.eval")
@@ -319,6 +319,12 @@ class Decoder:
         """Codes of every SID block of a reply (None: malformed)."""
         return [codes for _span, codes in self.table.scheme.find_all(text)]
 
+    def wellformed(self, text: str) -> bool:
+        """At least one SID block, and every block one code of each level, in order, closed
+        (whether it names an item is `valid`)."""
+        found = self.codes_in(text)
+        return bool(found) and all(c is not None for c in found)
+
     def valid(self, text: str) -> bool:
         """At least one SID, and every SID names an existing item."""
         found = self.codes_in(text)
@@ -394,12 +400,6 @@ def select_valid(valid_df: pd.DataFrame, per_task: int, catalog_items: int = 0) 
     return df.reset_index(drop=True)
 
 
-def wellformed(dec: "Decoder", text: str) -> bool:
-    """At least one SID block, and every block one code of each level, in order, closed (whether
-    it names an item is `Decoder.valid`)."""
-    found = dec.codes_in(text)
-    return bool(found) and all(c is not None for c in found)
-
 
 def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame, cfg: Config,
                   per_task: int | None = None, beam: int | None = None, progress: bool = True,
@@ -451,7 +451,7 @@ def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame,
                 row.update(greedy_item=int(top1[n]), depth=match_depth(pred, row["truths"]),
                            hit_at_k=bool(truth_items & set(topk[n].tolist())), topk=topk[n].tolist(),
                            reply=free_c[n], reply_unconstrained=free[n],
-                           wellformed_unconstrained=wellformed(dec, free[n]),
+                           wellformed_unconstrained=dec.wellformed(free[n]),
                            valid_unconstrained=dec.valid(free[n]), valid_constrained=dec.valid(free_c[n]),
                            depth_unconstrained=match_depth(dec.first_item_codes(free[n]), row["truths"]))
         for n, j in enumerate(text_pos):

@@ -1,7 +1,7 @@
 """Stage 1 on cached hidden states: fit the SID tokens' output rows on a frozen trunk.
 
-(`new_ids` below are the rows that train: the SID tokens, and the end-of-turn token so the
-turn can end after a SID; every other row is fixed.)
+`train_ids` below are the rows that train (08 passes the SID tokens and the end-of-turn token,
+so the turn can end after a SID); every other row is fixed.
 
 Stage 1 exists to give the new tokens rows the model can use before the whole model moves. On a
 frozen trunk the output row of a token only ever meets the trunk's last hidden state h, so
@@ -32,9 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .chat import IGNORE
@@ -55,14 +53,14 @@ class CachedStates:
     seconds: float
 
 
-def new_row_mask(vocab_rows: int, new_ids: list[int]) -> torch.Tensor:
+def train_row_mask(vocab_rows: int, train_ids: list[int]) -> torch.Tensor:
     mask = torch.zeros(vocab_rows, dtype=torch.bool)
-    mask[torch.as_tensor(new_ids, dtype=torch.long)] = True
+    mask[torch.as_tensor(train_ids, dtype=torch.long)] = True
     return mask
 
 
 @torch.no_grad()
-def collect(model: Any, dataset: Any, new_ids: list[int], batch_size: int = 8, progress: bool = True) -> CachedStates:
+def collect(model: Any, dataset: Any, train_ids: list[int], batch_size: int = 8, progress: bool = True) -> CachedStates:
     """Forward-only pass of the trunk over `dataset` (input_ids / labels rows of
     sidlib.llm.train.encode_frame), packed `batch_size` conversations a row, attention kept
     inside each conversation by restarting position ids (as the stage-2 packing does)."""
@@ -70,7 +68,7 @@ def collect(model: Any, dataset: Any, new_ids: list[int], batch_size: int = 8, p
     trunk, head = model.get_decoder(), model.get_output_embeddings()
     dev = head.weight.device
     w = head.weight.detach()
-    new = new_row_mask(w.shape[0], new_ids).to(dev)
+    new = train_row_mask(w.shape[0], train_ids).to(dev)
     w_fixed = w[~new].float()
     hs, labels, lses, maxes = [], [], [], []
     tokens = 0
@@ -100,28 +98,28 @@ def collect(model: Any, dataset: Any, new_ids: list[int], batch_size: int = 8, p
                         time.perf_counter() - t0)
 
 
-def fixed_label_logits(model: Any, states: CachedStates, new_ids: list[int]) -> torch.Tensor:
+def fixed_label_logits(model: Any, states: CachedStates, train_ids: list[int]) -> torch.Tensor:
     """[n] logit of the label for positions whose label is a frozen row (nan elsewhere)."""
     w = model.get_output_embeddings().weight.detach().float().cpu()
-    new = new_row_mask(w.shape[0], new_ids)
+    new = train_row_mask(w.shape[0], train_ids)
     out = torch.full((len(states.label),), math.nan)
     fixed = ~new[states.label]
     out[fixed] = (states.h[fixed] * w[states.label[fixed]]).sum(1)
     return out
 
 
-def fit_rows(model: Any, states: CachedStates, new_ids: list[int], epochs: int = 200, lr: float = 1e-2,
+def fit_rows(model: Any, states: CachedStates, train_ids: list[int], epochs: int = 200, lr: float = 1e-2,
              batch_size: int = 4096, valid_share: float = 0.1, seed: int = 0) -> dict[str, Any]:
-    """Fit the output rows of `new_ids` (all other rows fixed) on the cached positions with Adam;
+    """Fit the output rows of `train_ids` (all other rows fixed) on the cached positions with Adam;
     the epoch with the best held-out loss is kept. Returns the loss curve and the before/after
     losses and next-token accuracies (on the new-token positions)."""
     head = model.get_output_embeddings()
-    new_t = torch.as_tensor(new_ids, dtype=torch.long)
+    new_t = torch.as_tensor(train_ids, dtype=torch.long)
     w_new = head.weight.detach()[new_t.to(head.weight.device)].float().cpu().clone().requires_grad_(True)
     col = torch.full((head.weight.shape[0],), -1, dtype=torch.long)
     col[new_t] = torch.arange(len(new_t))
     label_col = col[states.label]  # -1: the label is a fixed row
-    fixed_logit = fixed_label_logits(model, states, new_ids)
+    fixed_logit = fixed_label_logits(model, states, train_ids)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(states.label), generator=g)
     n_valid = int(len(perm) * valid_share) if len(perm) >= 20 else 0
@@ -179,13 +177,13 @@ def fit_rows(model: Any, states: CachedStates, new_ids: list[int], epochs: int =
             "before": before, "after": after, "curve": curve}
 
 
-def stage1_cached(model: Any, dataset: Any, new_ids: list[int], epochs: int, lr: float, batch_size: int,
+def stage1_cached(model: Any, dataset: Any, train_ids: list[int], epochs: int, lr: float, batch_size: int,
                   seed: int, progress: bool = True) -> dict[str, Any]:
     """Collect the hidden states of `dataset` and fit the new output rows on them."""
-    states = collect(model, dataset, new_ids, batch_size, progress)
+    states = collect(model, dataset, train_ids, batch_size, progress)
     log.info("stage 1: %d labelled positions from %d tokens in %.1f s (%.0f tokens/s)", len(states.label),
              states.tokens, states.seconds, states.tokens / max(states.seconds, 1e-9))
-    res = fit_rows(model, states, new_ids, epochs=epochs, lr=lr, seed=seed)
+    res = fit_rows(model, states, train_ids, epochs=epochs, lr=lr, seed=seed)
     log.info("stage 1: held-out loss %.3f -> %.3f, next SID token accuracy %.3f -> %.3f (best epoch %d)",
              res["before"].get("loss", math.nan), res["after"].get("loss", math.nan),
              res["before"].get("new_accuracy", math.nan), res["after"].get("new_accuracy", math.nan), res["best_epoch"])
