@@ -313,10 +313,11 @@ def test_demo_log_counts_the_right_kind_of_answer(small_table):
     log.add("why", demo.TEXT_TURN, "why?", demo.Reply("Both are comedies.", "Both are comedies."))
     log.add("bundle", demo.TEXT_TURN, "name?", demo.Reply(f"{sid(1)}", "[Title 1]"))
     log.add("title", demo.SID_TURN, "sid?", demo.Reply(f"{sid(2)}", "[Title 2]"))
+    log.add("numbers", demo.TEXT_TURN, "title?", demo.Reply("The 2019 2023 2024 2025", "The 2019 2023 2024 2025"))
     log.add("empty", demo.TEXT_TURN, "x", demo.Reply("", ""))
     c = log.counts()
-    assert c == {"turns": 6, "empty_replies": 1, "rec_turns": 2, "rec_turns_with_item": 1, "rec_turns_assisted": 0,
-                 "text_turns": 3, "text_turns_in_words": 1, "sid_turns": 1, "sid_turns_with_item": 1}
+    assert c == {"turns": 7, "empty_replies": 1, "rec_turns": 2, "rec_turns_with_item": 1, "rec_turns_assisted": 0,
+                 "text_turns": 4, "text_turns_in_words": 1, "sid_turns": 1, "sid_turns_with_item": 1}
     with pytest.raises(ValueError, match="turn kind"):
         log.add("x", "chat", "x", demo.Reply("", ""))
 

@@ -13,9 +13,12 @@ longest known prefix, marked "(L2 match)", or as "[unknown SID]" (sidlib.llm.dec
 """
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,16 +189,24 @@ REC_TURN, TEXT_TURN, SID_TURN = "rec", "text", "sid"
 TURN_KINDS = (REC_TURN, TEXT_TURN, SID_TURN)
 
 
+def outside_sids(raw: str, table: SidTable) -> str:
+    """A reply with its SID blocks taken out."""
+    last, parts = 0, []
+    for (a, b), _codes in table.scheme.find_all(raw):
+        parts.append(raw[last:a])
+        last = b
+    parts.append(raw[last:])
+    return " ".join(parts)
+
+
 def words_outside_sids(raw: str, table: SidTable) -> list[str]:
     """The words (2+ letters) of a reply once its SID blocks are taken out."""
-    import re
+    return re.findall(r"[A-Za-z][A-Za-z'\-]+", outside_sids(raw, table))
 
-    text, last, parts = raw, 0, []
-    for (a, b), _codes in table.scheme.find_all(text):
-        parts.append(text[last:a])
-        last = b
-    parts.append(text[last:])
-    return re.findall(r"[A-Za-z][A-Za-z'\-]+", " ".join(parts))
+
+def _mostly_letters(text: str) -> bool:
+    chars = [c for c in text if not c.isspace()]
+    return bool(chars) and sum(c.isalpha() for c in chars) >= len(chars) / 2
 
 
 @dataclass
@@ -216,8 +227,10 @@ class DemoLog:
             "section": section, "kind": kind, "prompt": prompt, "raw": reply.raw, "rendered": reply.text,
             "constrained": reply.constrained, "assisted": reply.assisted, "items": items,
             "sids": len(found), "words": len(words),
-            # words asked for: some words, and more words than SIDs (an answer may name the items)
-            "in_words": bool(words) and (not found or len(words) >= 2 * len(found)),
+            # words asked for: some words, more words than SIDs (an answer may name the items), and
+            # mostly letters ("The 2019 2023 2024 ..." has a word but is no answer in words)
+            "in_words": bool(words) and (not found or len(words) >= 2 * len(found)) and _mostly_letters(
+                outside_sids(reply.raw, self.table)),
         })
         return reply
 
@@ -240,11 +253,8 @@ class DemoLog:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.turns)
 
-    def write(self, folder: Any) -> Any:
+    def write(self, folder: str | Path) -> Path:
         """transcript.jsonl in `folder` (created); returns its path."""
-        import json
-        from pathlib import Path
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "transcript.jsonl"
