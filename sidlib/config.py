@@ -213,6 +213,9 @@ class SftDataConfig:
     # The seed's 4.2M samples: --set sft.max_per_task=0 on a big host.
     max_per_task: int = 3000
     seq_lengths: list[int] = field(default_factory=lambda: [2, 3, 5])  # "last N items -> next"
+    # seq_session: the longest seq_last question, then this many "Next?" turns, each answered with
+    # the following item (0 = no seq_session task); 12 turns fit SmolLM2's 384 tokens with room
+    session_turns: int = 12
     max_history: int = 10  # items shown in <|rec|> / history prompts
     # short: it is in every conversation, and on a CPU every token of it is paid for at every step
     # (an empty one is no saving: SmolLM2's template then writes its own, longer, system turn)
@@ -263,7 +266,9 @@ class FinetuneConfig:
     max_train_samples: int = 0  # 0 = all
     save_steps: int = 200
     logging_steps: int = 10
-    attn: str = "auto"  # auto (flash_attention_2 on CUDA if installed, else sdpa) | sdpa | eager | flash_attention_2
+    # auto: flash_attention_2 on CUDA if installed, else flex_attention on CUDA, sdpa on the CPU |
+    # sdpa | eager | flex_attention | flash_attention_2
+    attn: str = "auto"
 
 
 @dataclass

@@ -223,6 +223,26 @@ def test_stage1_cached_fits_only_the_new_output_rows(table, tmp_path):
             assert torch.equal(after[name], w), f"{name} changed in stage 1"
 
 
+def test_stage1_collect_batches_do_not_change_the_states(table):
+    """head.collect pads length-sorted batches: every labelled position gets the hidden state and
+    label it has when its conversation is read alone, whatever the batch it lands in."""
+    from sidlib.llm import head
+
+    cfg = cfg_tiny()
+    model, tok, _ = train.prepare_model(cfg, table, "cpu", "sdpa")
+    data = train.encode_frame(conversations(table, 12), tok, cfg.llm)
+    rows = [data[i] for i in range(len(data))]
+    new = vocab.sid_token_ids(tok, table.scheme)
+    assert len(head.length_batches([len(r["input_ids"]) for r in rows], 200)) > 1
+    together = head.collect(model, rows, new, max_tokens=200, progress=False)
+    alone = [head.collect(model, [r], new, max_tokens=10_000, progress=False) for r in rows]
+    order = head.length_batches([len(r["input_ids"]) for r in rows], 10 ** 9)[0]  # collect's order
+    expect_h = torch.cat([alone[i].h for i in order])
+    assert torch.equal(together.label, torch.cat([alone[i].label for i in order]))
+    assert torch.allclose(together.h, expect_h, atol=1e-4), (together.h - expect_h).abs().max()
+    assert together.tokens == sum(len(r["input_ids"]) for r in rows)
+
+
 def test_sid_rows_inside_spare_embedding_rows(table):
     """A model with more embedding rows than tokenizer tokens (Qwen3: 151,936 rows, 151,669
     tokens): the SID tokens take ids inside the existing rows; they are new rows all the same
@@ -294,3 +314,20 @@ def test_freeze_lower_layers(table):
     assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="freeze_layers=3"):
         train.freeze_lower(model, 3)
+
+
+def test_auto_attention_per_device(monkeypatch):
+    """attn=auto: flash-attention 2 on CUDA when it is installed, else flex attention (packed rows
+    block-sparse), sdpa on the CPU; a set value is kept."""
+    ft = config.load("smoke").finetune
+    assert train.importable("torch") and not train.importable("no_such_module.sub")
+    have = {"flash_attn": False, "torch.nn.attention.flex_attention": True}
+    monkeypatch.setattr(train, "importable", lambda m: have.get(m, False))
+    assert train.resolve_attn(ft, "cpu") == "sdpa"
+    assert train.resolve_attn(ft, "cuda") == "flex_attention"
+    have["flash_attn"] = True
+    assert train.resolve_attn(ft, "cuda:0") == "flash_attention_2"
+    have.update({"flash_attn": False, "torch.nn.attention.flex_attention": False})
+    assert train.resolve_attn(ft, "cuda") == "sdpa"
+    ft.attn = "eager"
+    assert train.resolve_attn(ft, "cuda") == "eager"

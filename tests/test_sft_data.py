@@ -170,6 +170,10 @@ def test_no_leakage_from_valid_or_test(which, request):
     seq = train[train["task"].str.startswith("seq_last_")]
     rec = train[train["task"] == "rec_steering"]
     assert len(seq) and len(rec)
+    for r in train[train["task"] == "seq_session"].itertuples():
+        part, valid, test = users[r.user_id]
+        assert not {valid, test} & (set(r.context_items) | set(r.answer_items)), r
+        assert is_run(part, list(r.context_items) + list(r.answer_items)), r
     for r in pd.concat([seq, rec]).itertuples():
         part, valid, test = users[r.user_id]
         assert r.target_item not in (valid, test), r
@@ -202,6 +206,53 @@ def test_no_leakage_from_valid_or_test(which, request):
         else:
             assert r.target_item == v, r
             assert set(r.context_items) <= set(part)
+
+
+def is_run(seq: list[int], part: list[int]) -> bool:
+    """part appears in seq as consecutive items."""
+    n = len(part)
+    return any(seq[t : t + n] == part for t in range(len(seq) - n + 1))
+
+
+def test_sessions_cut_each_training_part_into_consecutive_turns(smoke):
+    """seq_session: every training transition after the first n items is answered in exactly one
+    session (uncapped), the history and answers are consecutive items of the user's training part,
+    the conversation alternates follow-up questions and one SID per answer, and every answer is
+    labelled when encoded."""
+    cfg0, inputs, tok = smoke
+    cfg = config.load("smoke", {"sft.max_per_task": 0, "sft.session_turns": 4})
+    n, turns = max(cfg.sft.seq_lengths), cfg.sft.session_turns
+    ctx = sft_data.Context(sft_data.make_catalog(inputs), inputs, cfg.sft, sft_data.Tally())
+    drafts = sft_data.session_drafts(ctx, "train", cfg.seed)
+    users = user_parts(inputs.split)
+    answered: dict[int, list[int]] = {}
+    for d in drafts:
+        part = users[d.user_id][0]
+        assert len(d.history) == n and 1 <= len(d.answer_items) <= turns + 1
+        assert is_run(part, d.history + d.answer_items), d
+        assert len(d.follow) == len(d.answer_items) - 1
+        answered.setdefault(d.user_id, []).extend(d.answer_items)
+    for u, (part, _v, _t) in users.items():
+        assert sorted(answered.get(u, [])) == sorted(part[n:]), u  # each transition once
+    msgs = drafts[0].messages(cfg.sft.system_prompt, ctx.catalog)
+    roles = [m["role"] for m in msgs]
+    assert roles == ["system"] + ["user", "assistant"] * len(drafts[0].answer_items)
+    assert all(m["content"] in sft_data.FOLLOW_UPS for m in msgs[3::2])
+    trie = inputs.table.trie()
+    assert [trie.item_of(sid_blocks(m["content"], inputs.table.scheme)[0]) for m in msgs[2::2]] == drafts[0].answer_items
+    enc = sft_data.chat.encode(tok, msgs, cfg.llm)
+    start = tok.convert_tokens_to_ids("<|sid_start|>")
+    labelled = [t for t in enc["labels"] if t != sft_data.chat.IGNORE]
+    assert labelled.count(start) == len(drafts[0].answer_items)
+    # too long: the last turns go first, the history stays
+    short = config.load("smoke", {"sft.tasks": ["seq_session"], "llm.max_length": 160})
+    data = sft_data.build(inputs, tok, short, progress=False)
+    cut = data.train[data.train["truncated"]]
+    assert len(cut) > 0 and data.train["n_tokens"].max() <= 160
+    for r in data.train.itertuples():  # the answers listed are the ones the conversation keeps
+        assert sum(m["role"] == "assistant" for m in r.messages) == len(r.answer_items)
+    for r in cut.itertuples():
+        assert len(r.context_items) == n and len(r.answer_items) < short.sft.session_turns + 1
 
 
 # ----------------------------------------------------------------------------- SIDs

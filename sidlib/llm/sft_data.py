@@ -12,6 +12,10 @@ chat template (sidlib.llm.chat; Qwen3 with thinking off). The task families foll
   `prefix_to_category` (a SID prefix -> the categories its items mostly have), `similar_items`
   (items sharing the first `sft.similar_prefix` codes, most popular in training first);
 - sequential: `seq_last_N` for N in `sft.seq_lengths` ("the last N items -> the next one");
+  `seq_session`: the `seq_last_N` question (N = the longest length), answered, then up to
+  `sft.session_turns` follow-up turns ("Next?") each answered with the item after: one
+  conversation teaches 1 + session_turns next-item predictions for ~17 tokens each, where a
+  `seq_last_5` sample pays ~75 tokens for one (the all-positions loss of SASRec and SID-GR, in chat form);
 - co-purchase: `copurchase_forward` ("who bought X also bought Y") and `copurchase_backward`
   ("before buying Y users bought X"), from prep's co-occurrence pairs;
 - `rec_steering`: a natural-language preference built from the categories (and the brand, when
@@ -88,7 +92,10 @@ SEQUENTIAL = ("seq_last_2", "seq_last_3", "seq_last_5")
 EXPLAIN = ("pair_in_common", "bundle_name")
 TASKS = TEXT_TO_SID + SID_TO_TEXT + CATALOG + SEQUENTIAL + COPURCHASE + ("rec_steering",) + EXPLAIN
 # tasks whose samples come from users' sequences (the leakage rules apply to them)
-USER_TASK_PREFIXES = ("seq_last_", "copurchase_", "rec_steering")
+USER_TASK_PREFIXES = ("seq_last_", "seq_session", "copurchase_", "rec_steering")
+SESSION = "seq_session"
+# the follow-up questions of a seq_session conversation (one, drawn per turn)
+FOLLOW_UPS = ("Next?", "And after that?", "What comes next?")
 
 FAMILIES = {"text -> SID": TEXT_TO_SID, "SID -> text": SID_TO_TEXT, "catalog": CATALOG, "explain": EXPLAIN,
             "co-purchase": COPURCHASE, "rec steering": ("rec_steering",)}
@@ -105,7 +112,7 @@ def seq_task(n: int) -> str:
 
 def all_tasks(cfg: SftDataConfig) -> list[str]:
     """Every task these settings can build, in report order."""
-    seq = [seq_task(n) for n in cfg.seq_lengths]
+    seq = [seq_task(n) for n in cfg.seq_lengths] + ([SESSION] if cfg.session_turns > 0 else [])
     return list(TEXT_TO_SID + SID_TO_TEXT + CATALOG) + seq + list(COPURCHASE) + ["rec_steering"] + list(EXPLAIN)
 
 
@@ -128,7 +135,7 @@ def is_user_task(task: str) -> bool:
 
 
 def family(task: str) -> str:
-    if task.startswith("seq_last_"):
+    if task.startswith("seq_last_") or task == SESSION:
         return "sequential"
     return next((f for f, tasks in FAMILIES.items() if task in tasks), "other")
 
@@ -234,7 +241,7 @@ PREFERENCES = [
 
 
 def templates_of(task: str) -> list[tuple[str, str]]:
-    return TEMPLATES["seq_last" if task.startswith("seq_last_") else task]
+    return TEMPLATES["seq_last" if task.startswith("seq_last_") or task == SESSION else task]
 
 
 @dataclass(frozen=True)
@@ -400,9 +407,11 @@ class Draft:
     context: list[int] = field(default_factory=list)  # other items the prompt names
     answer_items: list[int] = field(default_factory=list)
     user_id: int = -1  # -1 = not one user's sample
+    # seq_session: (question, answer) follow-up turns after the first answer; dropped from the end when too long
+    follow: list[tuple[str, str]] = field(default_factory=list)
 
     def messages(self, system: str, catalog: Catalog, history: list[int] | None = None,
-                 text: str | None = None) -> list[dict[str, str]]:
+                 text: str | None = None, follow: list[tuple[str, str]] | None = None) -> list[dict[str, str]]:
         hist = self.history if history is None else history
         values = {
             "noun": catalog.words.noun, "nouns": catalog.words.nouns, "verb": catalog.words.verb,
@@ -416,6 +425,8 @@ class Draft:
         out = [{"role": "system", "content": system}] if system else []
         out.append({"role": "user", "content": user_t.format(**values)})
         out.append({"role": "assistant", "content": answer_t.format(**values)})
+        for question, answer in self.follow if follow is None else follow:
+            out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         return out
 
     @property
@@ -743,6 +754,51 @@ def seq_drafts(ctx: Context, n: int, part: str, seed: int) -> list[Draft]:
     return out
 
 
+def session_drafts(ctx: Context, part: str, seed: int) -> list[Draft]:
+    """seq_session: the user's training part cut into consecutive sessions of n history items
+    (n = the longest sft.seq_lengths) and 1 + sft.session_turns answers, so every training
+    transition is an answer of at most one conversation; each user's last session first, then
+    the rest at random, capped by sft.max_per_task. The valid sample is seq_last_n's: the whole
+    training part's last n items -> the valid item, one turn (what 09's recommender asks)."""
+    n, turns = max(ctx.cfg.seq_lengths), ctx.cfg.session_turns
+    rng = _rng(seed, SESSION, part)
+    split = ctx.inputs.split
+    users = split["user_id"].to_numpy(dtype=np.int64)
+    if part != "train":
+        out = []
+        for r in _valid_rows(split, rng, min_train=n, cap=ctx.cfg.valid_per_task):
+            seq, target = split["train"].iat[r], int(split["valid"].iat[r])
+            out.append(Draft(SESSION, _pick_template(rng, SESSION), {"sid": ctx.catalog.sids[target]},
+                             history=list(seq[-n:]), min_history=1, answer_items=[target], user_id=int(users[r])))
+        return out
+    train = split["train"].tolist()
+    # (user row, first answer position, end position, is the user's last session); sessions are
+    # cut from the end of the sequence, so its most recent transitions are always in one, and
+    # the oldest ones make a shorter session
+    starts: list[tuple[int, int, int, bool]] = []
+    for row, seq in enumerate(train):
+        end = len(seq)
+        while end > n:
+            t = max(n, end - turns - 1)
+            starts.append((row, t, end, end == len(seq)))
+            end = t
+    ctx.tally.skip(SESSION, part, f"training part shorter than {n + 1} items (users)", int(sum(len(t) <= n for t in train)))
+    ctx.tally.add(SESSION, part, "candidates", len(starts))
+    order = _window_order(np.array([s[3] for s in starts], dtype=bool), rng)
+    if ctx.cfg.max_per_task:
+        order = order[: ctx.cfg.max_per_task]
+    out: list[Draft] = []
+    for j in order.tolist():
+        row, t, end, _last = starts[j]
+        seq = train[row]
+        answers = [int(i) for i in seq[t:end]]
+        follow = [(FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))], ctx.catalog.sids[i]) for i in answers[1:]]
+        out.append(Draft(SESSION, _pick_template(rng, SESSION), {"sid": ctx.catalog.sids[answers[0]]},
+                         history=list(seq[t - n : t]), min_history=1, answer_items=answers,
+                         user_id=int(users[row]), follow=follow))
+    return out
+
+
 def _valid_rows(split: pd.DataFrame, rng: np.random.Generator, min_train: int, cap: int) -> list[int]:
     """Random users with a valid item and at least min_train training items."""
     ok = (split["valid"].to_numpy() != splitlib.NONE) & (split["train"].map(len).to_numpy() >= min_train)
@@ -953,6 +1009,8 @@ def drafts_for(ctx: Context, task: str, part: str, seed: int) -> list[Draft]:
         return prefix_drafts(ctx, part, seed)
     if task.startswith("seq_last_"):
         return seq_drafts(ctx, int(task.removeprefix("seq_last_")), part, seed)
+    if task == SESSION:
+        return session_drafts(ctx, part, seed)
     if task in COPURCHASE:
         return copurchase_drafts(ctx, task, part, seed)
     if task == "rec_steering":
@@ -972,6 +1030,7 @@ class Fitted:
     history: list[int]
     truncated: bool
     shortened: bool
+    turns: int = 1  # assistant turns kept (a seq_session may lose its last ones)
 
 
 def _n_tokens(tokenizer: Any, messages: list[dict[str, str]], cfg: Config) -> int:
@@ -983,15 +1042,20 @@ def fit(draft: Draft, tokenizer: Any, catalog: Catalog, cfg: Config, tokens_per_
     the prompt is re-rendered), then cut the free text on a word boundary; still too long ->
     the reason it is skipped."""
     limit, system = cfg.llm.max_length, cfg.sft.system_prompt
-    hist, text = list(draft.history), draft.text
+    hist, text, follow = list(draft.history), draft.text, list(draft.follow)
     msgs = draft.messages(system, catalog, hist, text)
     n = _n_tokens(tokenizer, msgs, cfg)
     truncated = shortened = False
+    while n > limit and follow:  # a session loses its last turns first: the history is the question
+        follow = follow[: max(0, len(follow) - max(1, math.ceil((n - limit) / (tokens_per_item + 10))))]
+        msgs = draft.messages(system, catalog, hist, text, follow)
+        n = _n_tokens(tokenizer, msgs, cfg)
+        truncated = True
     while n > limit and len(hist) > draft.min_history:
         # drop as many items as the excess needs at once (each item is its SID plus ", "), then re-check
         drop = min(len(hist) - draft.min_history, max(1, math.ceil((n - limit) / tokens_per_item)))
         hist = hist[drop:]
-        msgs = draft.messages(system, catalog, hist, text)
+        msgs = draft.messages(system, catalog, hist, text, follow)
         n = _n_tokens(tokenizer, msgs, cfg)
         truncated = True
     if n > limit and text:
@@ -999,18 +1063,18 @@ def fit(draft: Draft, tokenizer: Any, catalog: Catalog, cfg: Config, tokens_per_
         lo, hi = 0, len(words)  # largest word count that fits: binary search over prefixes
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if _n_tokens(tokenizer, draft.messages(system, catalog, hist, " ".join(words[:mid])), cfg) <= limit:
+            if _n_tokens(tokenizer, draft.messages(system, catalog, hist, " ".join(words[:mid]), follow), cfg) <= limit:
                 lo = mid
             else:
                 hi = mid - 1
         if lo > 0:
             text = " ".join(words[:lo])
-            msgs = draft.messages(system, catalog, hist, text)
+            msgs = draft.messages(system, catalog, hist, text, follow)
             n = _n_tokens(tokenizer, msgs, cfg)
             shortened = True
     if n > limit:
         return f"longer than llm.max_length={limit} even with the shortest history and text"
-    return Fitted(msgs, n, hist, truncated, shortened)
+    return Fitted(msgs, n, hist, truncated, shortened, 1 + len(follow))
 
 
 # ------------------------------------------------------------------------------- build
@@ -1103,7 +1167,7 @@ def build(inputs: Inputs, tokenizer: Any, cfg: Config, progress: bool = True) ->
             ctx.tally.add(d.task, part, "shortened", int(f.shortened))
             frames[part].append({
                 "task": d.task, "template": d.template, "messages": f.messages, "target_item": d.target_item,
-                "answer_items": list(map(int, d.answer_items)), "context_items": list(map(int, d.context + f.history)),
+                "answer_items": list(map(int, d.answer_items[: f.turns] if d.follow else d.answer_items)), "context_items": list(map(int, d.context + f.history)),
                 "user_id": d.user_id, "n_tokens": f.n_tokens, "truncated": f.truncated, "shortened": f.shortened,
             })
     for (task, part), reasons in ctx.tally.skipped.items():

@@ -22,6 +22,7 @@ What we add by hand, and why:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -149,16 +150,25 @@ def make_collator(tokenizer: Any, packing: bool, attn: str, labelled_only: bool 
 # --------------------------------------------------------------------------- settings
 
 
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def resolve_attn(cfg: FinetuneConfig, device: str) -> str:
+    """auto: flash-attention 2 on CUDA when installed; else PyTorch's flex attention on CUDA, which
+    runs packed rows block-sparse from their position ids (the varlen path without a flash-attn
+    wheel: 3.2x sdpa's tokens/s on an H200, SmolLM2's shape, bench/gpu_path.py); sdpa on the CPU
+    (flex attention has no CPU backward)."""
     if cfg.attn != "auto":
         return cfg.attn
     if device.startswith("cuda"):
-        try:
-            import flash_attn  # noqa: F401
-
+        if importable("flash_attn"):
             return "flash_attention_2"
-        except ImportError:
-            return "sdpa"
+        if importable("torch.nn.attention.flex_attention"):
+            return "flex_attention"
     return "sdpa"
 
 
@@ -400,7 +410,8 @@ def stage1_cached(cfg: Config, model: Any, tok: Any, table: SidTable, data: Any,
     # the SID rows, and the end-of-turn row: after <|sid_end|> (a token the trunk has never read)
     # the frozen trunk does not predict the end of the turn, and only that row can learn it here
     rows = list(dict.fromkeys(vocab.sid_token_ids(tok, table.scheme) + chat.end_token_ids(tok, model)))
-    rep = head.stage1_cached(model, data, rows, ft.stage1_epochs, ft.stage1_lr, ft.batch_size, cfg.seed)
+    # 256 tokens a conversation of the batch: 2,048 on the CPU profiles (batch_size 8), more on a GPU
+    rep = head.stage1_cached(model, data, rows, ft.stage1_epochs, ft.stage1_lr, 256 * ft.batch_size, cfg.seed)
     done.mkdir(parents=True, exist_ok=True)
     model.to("cpu")
     model.config.use_cache = True
