@@ -26,7 +26,7 @@ two bench-only shims adapt sidlib's calls; the JSON lists them under `compat`.
 """
 from __future__ import annotations
 
-import argparse, gc, json, math, os, sys, tempfile, time, traceback  # noqa: E401
+import argparse, gc, json, os, sys, tempfile, time, traceback  # noqa: E401
 from pathlib import Path
 from types import SimpleNamespace
 

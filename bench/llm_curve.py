@@ -14,6 +14,11 @@ rates of free greedy replies to those and `--per-task` conversations of every ot
 The x axis is training tokens (stage-1 tokens are forward-only reads) and wall seconds.
 
     python bench/llm_curve.py --profile ml100k [--every 20] [--users 100] [--items 100] [--set finetune.stage2_max_steps=200]
+    python bench/llm_curve.py --profile ml100k --from artifacts/ml100k/08-finetune
+
+`--from` trains nothing: it measures the models a finished 08 folder kept (stage1/final, the
+stage-2 checkpoints the Trainer kept, model/), with stage 2's tokens at a checkpoint taken as
+its share of the steps; the curve of the very run 09 and the demo read.
 
 Prints a table and writes artifacts/bench/llm_curve_<profile>.json (and a PNG beside it).
 """
@@ -99,6 +104,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--items", type=int, default=100, help="title -> SID conversations")
     ap.add_argument("--per-task", type=int, default=4, help="conversations of every other SID task")
+    ap.add_argument("--from", dest="source", default="", help="a finished 08 folder: measure its saved models")
     args = ap.parse_args()
     cfg = config.load(args.profile, [*args.set, f"eval.users={args.users}"])
     tr, va = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
@@ -109,6 +115,9 @@ def main() -> None:
     model, tok, _ = train.prepare_model(cfg, table, "cpu", "sdpa")
     curve.measure(model, tok, "base + SID tokens", 0)
     del model
+    if args.source:
+        saved(curve, Path(args.source), cfg)
+        return report(curve, cfg, args)
     lengths = train.encode_frame(tr.head(2000), tok, cfg.llm)["length"]
     every = Every(curve, tok, args.every, float(np.mean(lengths)))
     with tempfile.TemporaryDirectory() as d:
@@ -121,6 +130,31 @@ def main() -> None:
         final = base.load_model(cfg.llm, source=res["model_dir"])
         ftok = base.load_tokenizer(cfg.llm, source=res["model_dir"])
         curve.measure(final, ftok, f"stage 2, step {m['stage2_steps']} (end)", m["train_tokens"])
+    report(curve, cfg, args)
+
+
+def saved(curve: Curve, folder: Path, cfg: config.Config) -> None:
+    """Points from a finished 08 folder: after stage 1, every kept stage-2 checkpoint, the end."""
+    import json
+
+    m = json.loads((folder / "finetune_report.json").read_text())["metrics"]
+    s1 = (m.get("stage1_fit") or {}).get("tokens", 0)
+    s2, steps = m["train_tokens"] - s1, max(m["stage2_steps"], 1)
+    models = [("after stage 1", folder / "stage1" / "final", s1)]
+    ckpts = sorted((folder / "stage2").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for c in ckpts:
+        step = int(c.name.split("-")[1])
+        if step < steps:
+            models.append((f"stage 2, step {step}", c, s1 + int(s2 * step / steps)))
+    models.append((f"stage 2, step {steps} (end)", folder / train.MODEL_DIR, m["train_tokens"]))
+    for label, where, tokens in models:
+        tok = base.load_tokenizer(cfg.llm, source=where if (where / "tokenizer_config.json").exists() else folder / train.MODEL_DIR)
+        curve.measure(base.load_model(cfg.llm, source=where), tok, label, tokens)
+        curve.points[-1]["train_seconds"] = None  # not measured here: see 08's report
+    curve.points[0]["train_seconds"] = 0.0
+
+
+def report(curve: Curve, cfg: config.Config, args: argparse.Namespace) -> None:
     frame = pd.DataFrame(curve.points).set_index("point")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.round(4).to_string())

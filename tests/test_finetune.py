@@ -275,6 +275,10 @@ def test_stages_read_different_batches_and_warmup_never_starts_at_zero():
     tasks = ["title_to_sid" if i % 10 == 0 else "seq_last_2" for i in range(500)]
     c = train.stage_order(500, 42, "stage1", tasks, first=["title_to_sid"])
     assert {tasks[i] for i in c[:50]} == {"title_to_sid"} and sorted(c) == list(range(500))
+    # several first tasks: task by task, in the listed order (not mixed)
+    tasks3 = ["title_to_sid" if i % 10 == 0 else "seq_session" if i % 10 == 1 else "seq_last_2" for i in range(500)]
+    d = train.stage_order(500, 42, "stage1", tasks3, first=["title_to_sid", "seq_session"])
+    assert [tasks3[i] for i in d[:100]] == ["title_to_sid"] * 50 + ["seq_session"] * 50
     ft = config.load("smoke").finetune
     plan = train.StagePlan("stage2", 1e-4, 20, 1.0, 0.0, 0.03)
     assert train.warmup_steps(plan, ft, 1000) == 0  # 0.6 of a step: none, not one step at LR 0

@@ -226,12 +226,13 @@ def stage_order(n: int, seed: int, stage: str, tasks: list[str] | None = None,
     """The order a stage reads the conversations in: a permutation seeded by (seed, stage), so
     the two stages see different conversations first (with one seed they replayed the same
     batches) and a capped stage trains on a random sample of every task. Conversations of the
-    `first` tasks (per row `tasks`) come before all others: stage 1's curriculum puts the whole
-    catalogue (title -> SID, every item once) ahead of the rest."""
+    `first` tasks (per row `tasks`) come before all others, task by task in the listed order:
+    stage 1's curriculum puts the whole catalogue (title -> SID, every item once) ahead of the
+    sessions, and those ahead of the rest."""
     salt = {"stage1": 1, "stage2": 2}.get(stage, 3)
     order = np.random.default_rng([seed, salt]).permutation(n).tolist()
     if first and tasks is not None:
-        head_ = [i for i in order if tasks[i] in first]
+        head_ = [i for t in first for i in order if tasks[i] == t]
         order = head_ + [i for i in order if tasks[i] not in first]
     return order
 
