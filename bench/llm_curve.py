@@ -137,6 +137,8 @@ def saved(curve: Curve, folder: Path, cfg: config.Config) -> None:
     """Points from a finished 08 folder: after stage 1, every kept stage-2 checkpoint, the end."""
     import json
 
+    while not (folder / "finetune_report.json").exists():  # 08 still running: its models appear at its end
+        time.sleep(30)
     m = json.loads((folder / "finetune_report.json").read_text())["metrics"]
     s1 = (m.get("stage1_fit") or {}).get("tokens", 0)
     s2, steps = m["train_tokens"] - s1, max(m["stage2_steps"], 1)

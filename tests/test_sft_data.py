@@ -107,9 +107,12 @@ def test_every_task_has_samples_and_several_phrasings(smoke_data, gift_data, smo
     for task in sft_data.TASKS:  # the cap, and valid stays small
         assert rep[task]["train"] <= cfg.sft.max_per_task and rep[task]["valid"] <= cfg.sft.valid_per_task
     assert smoke_data.report["tasks"]["seq_last_3"]["train"] == cfg.sft.max_per_task
-    # every sample is system / user / assistant with the configured system prompt
-    for msgs in smoke_data.train["messages"].head(200):
-        assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+    # every sample is system / user / assistant with the configured system prompt; a session
+    # goes on with user / assistant turns
+    for task, msgs in smoke_data.train[["task", "messages"]].head(200).itertuples(index=False):
+        roles = [m["role"] for m in msgs]
+        turns = (len(roles) - 1) // 2 if task == sft_data.SESSION else 1
+        assert roles == ["system"] + ["user", "assistant"] * turns, task
         assert msgs[0]["content"] == cfg.sft.system_prompt
     rec = smoke_data.train[smoke_data.train["task"] == "rec_steering"]
     assert rec["messages"].map(lambda m: m[1]["content"].endswith("<|rec|>")).all()
@@ -278,8 +281,10 @@ def test_every_sid_parses_and_names_an_item(which, request):
                     assert codes is not None, f"{r.task}: malformed SID in {content!r}"
                     assert trie.item_of(codes) is not None, f"{r.task}: {codes} names no item"
                     seen += 1
-            # the answer's SIDs are exactly the answer items, in order
-            answer = [trie.item_of(c) for c in sid_blocks(r.messages[-1]["content"], scheme)]
+            # the answer's SIDs are exactly the answer items, in order (a session's: every
+            # assistant turn's)
+            replies = [m for m in r.messages if m["role"] == "assistant"] if r.task == sft_data.SESSION else r.messages[-1:]
+            answer = [trie.item_of(c) for m in replies for c in sid_blocks(m["content"], scheme)]
             assert answer == list(r.answer_items), r
             assert r.target_item == (r.answer_items[0] if len(r.answer_items) == 1 else -1)
     assert seen > 1000

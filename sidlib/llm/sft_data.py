@@ -90,10 +90,10 @@ SEQUENTIAL = ("seq_last_2", "seq_last_3", "seq_last_5")
 # answers in sentences about items the prompt names: they keep the model answering in words when
 # words are asked for (a model fine-tuned on SID answers alone answers everything with a SID)
 EXPLAIN = ("pair_in_common", "bundle_name")
-TASKS = TEXT_TO_SID + SID_TO_TEXT + CATALOG + SEQUENTIAL + COPURCHASE + ("rec_steering",) + EXPLAIN
+SESSION = "seq_session"  # the last N items -> the next, then "Next?" turns (sft.session_turns)
+TASKS = TEXT_TO_SID + SID_TO_TEXT + CATALOG + SEQUENTIAL + (SESSION,) + COPURCHASE + ("rec_steering",) + EXPLAIN
 # tasks whose samples come from users' sequences (the leakage rules apply to them)
-USER_TASK_PREFIXES = ("seq_last_", "seq_session", "copurchase_", "rec_steering")
-SESSION = "seq_session"
+USER_TASK_PREFIXES = ("seq_last_", SESSION, "copurchase_", "rec_steering")
 # the follow-up questions of a seq_session conversation (one, drawn per turn)
 FOLLOW_UPS = ("Next?", "And after that?", "What comes next?")
 
