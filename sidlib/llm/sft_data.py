@@ -14,7 +14,7 @@ chat template (sidlib.llm.chat; Qwen3 with thinking off). The task families foll
 - sequential: `seq_last_N` for N in `sft.seq_lengths` ("the last N items -> the next one");
   `seq_session`: the `seq_last_N` question (N = the longest length), answered, then up to
   `sft.session_turns` follow-up turns ("Next?") each answered with the item after: one
-  conversation teaches 1 + session_turns next-item predictions for ~17 tokens each, where a
+  conversation teaches 1 + session_turns next-item predictions for ~25 tokens each, where a
   `seq_last_5` sample pays ~75 tokens for one (the all-positions loss of SASRec and SID-GR, in chat form);
 - co-purchase: `copurchase_forward` ("who bought X also bought Y") and `copurchase_backward`
   ("before buying Y users bought X"), from prep's co-occurrence pairs;
@@ -747,6 +747,14 @@ def seq_drafts(ctx: Context, n: int, part: str, seed: int) -> list[Draft]:
                              user_id=int(users[rows[j]])))
         ctx.tally.add(task, part, "candidates", len(rows))
         return out
+    return valid_next_drafts(ctx, task, n, rng)
+
+
+def valid_next_drafts(ctx: Context, task: str, n: int, rng: np.random.Generator) -> list[Draft]:
+    """The valid samples of the sequential tasks: a user's last n training items -> the valid item."""
+    split = ctx.inputs.split
+    users = split["user_id"].to_numpy(dtype=np.int64)
+    out: list[Draft] = []
     for r in _valid_rows(split, rng, min_train=n, cap=ctx.cfg.valid_per_task):
         seq, target = split["train"].iat[r], int(split["valid"].iat[r])
         out.append(Draft(task, _pick_template(rng, task), {"sid": ctx.catalog.sids[target]},
@@ -765,12 +773,7 @@ def session_drafts(ctx: Context, part: str, seed: int) -> list[Draft]:
     split = ctx.inputs.split
     users = split["user_id"].to_numpy(dtype=np.int64)
     if part != "train":
-        out = []
-        for r in _valid_rows(split, rng, min_train=n, cap=ctx.cfg.valid_per_task):
-            seq, target = split["train"].iat[r], int(split["valid"].iat[r])
-            out.append(Draft(SESSION, _pick_template(rng, SESSION), {"sid": ctx.catalog.sids[target]},
-                             history=list(seq[-n:]), min_history=1, answer_items=[target], user_id=int(users[r])))
-        return out
+        return valid_next_drafts(ctx, SESSION, n, rng)
     train = split["train"].tolist()
     # (user row, first answer position, end position, is the user's last session); sessions are
     # cut from the end of the sequence, so its most recent transitions are always in one, and
