@@ -62,6 +62,11 @@ class Curve:
         t = time.perf_counter()
         was_training = model.training
         use_cache = model.config.use_cache
+        # the decoder's cached steps run on sdpa: a model training on flex attention (CUDA) would
+        # compile a block mask for every new decode shape
+        attn = model.config._attn_implementation
+        if attn != "sdpa":
+            model.set_attn_implementation("sdpa")
         dec = ev.Decoder(model, tok, self.table, self.cfg.llm)
         tasks, detail = ev.task_accuracy(model, tok, self.table, self.valid, self.cfg, per_task=0, progress=False,
                                          decoder=dec)
@@ -77,6 +82,8 @@ class Curve:
                  "valid_unassisted": float(sid["valid_unconstrained"].mean())}
         model.train(was_training)
         model.config.use_cache = use_cache
+        if attn != "sdpa":
+            model.set_attn_implementation(attn)
         self.eval_seconds += time.perf_counter() - t
         self.points.append(point)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in point.items()}, flush=True)
@@ -105,6 +112,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100, help="title -> SID conversations")
     ap.add_argument("--per-task", type=int, default=4, help="conversations of every other SID task")
     ap.add_argument("--from", dest="source", default="", help="a finished 08 folder: measure its saved models")
+    ap.add_argument("--suffix", default="", help="appended to the JSON's name (llm_curve_<profile><suffix>.json)")
+    ap.add_argument("--keep", default="", help="train into this folder and keep it (default: a temporary one)")
     args = ap.parse_args()
     cfg = config.load(args.profile, [*args.set, f"eval.users={args.users}"])
     tr, va = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
@@ -112,8 +121,9 @@ def main() -> None:
     split = Prepared.load(paths.stage_dir(cfg.profile, "01-prep", create=False)).split
     curve = Curve(cfg, table, va, split, args.items, args.per_task)
     set_seed(cfg.seed)
+    device = train.resolve_device(cfg.llm)
     model, tok, _ = train.prepare_model(cfg, table, "cpu", "sdpa")
-    curve.measure(model, tok, "base + SID tokens", 0)
+    curve.measure(model.to(device), tok, "base + SID tokens", 0)
     del model
     if args.source:
         saved(curve, Path(args.source), cfg)
@@ -121,13 +131,14 @@ def main() -> None:
     lengths = train.encode_frame(tr.head(2000), tok, cfg.llm)["length"]
     every = Every(curve, tok, args.every, float(np.mean(lengths)))
     with tempfile.TemporaryDirectory() as d:
-        res = train.finetune(cfg, tr, table, out=Path(d), resume=False, callbacks=[every],
+        res = train.finetune(cfg, tr, table, out=Path(args.keep or d), resume=False, callbacks=[every],
                              on_stage1=lambda m_, t_: curve.measure(m_, t_, "after stage 1", 0))
         m = res["metrics"]
+        curve.train_metrics = {k: v for k, v in m.items() if k != "vocab"}
         s1 = (m.get("stage1_fit") or {}).get("tokens", 0)  # forward-only reads of stage 1
         for p in curve.points[1:]:
             p["train_tokens"] += s1
-        final = base.load_model(cfg.llm, source=res["model_dir"])
+        final = base.load_model(cfg.llm, source=res["model_dir"], device=device)
         ftok = base.load_tokenizer(cfg.llm, source=res["model_dir"])
         curve.measure(final, ftok, f"stage 2, step {m['stage2_steps']} (end)", m["train_tokens"])
     report(curve, cfg, args)
@@ -151,7 +162,7 @@ def saved(curve: Curve, folder: Path, cfg: config.Config) -> None:
     models.append((f"stage 2, step {steps} (end)", folder / train.MODEL_DIR, m["train_tokens"]))
     for label, where, tokens in models:
         tok = base.load_tokenizer(cfg.llm, source=where if (where / "tokenizer_config.json").exists() else folder / train.MODEL_DIR)
-        curve.measure(base.load_model(cfg.llm, source=where), tok, label, tokens)
+        curve.measure(base.load_model(cfg.llm, source=where, device=train.resolve_device(cfg.llm)), tok, label, tokens)
         curve.points[-1]["train_seconds"] = None  # not measured here: see 08's report
     curve.points[0]["train_seconds"] = 0.0
 
@@ -160,9 +171,10 @@ def report(curve: Curve, cfg: config.Config, args: argparse.Namespace) -> None:
     frame = pd.DataFrame(curve.points).set_index("point")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.round(4).to_string())
-    out = paths.write_bench(f"llm_curve_{cfg.profile}", {
+    out = paths.write_bench(f"llm_curve_{cfg.profile}{args.suffix}", {
         "profile": cfg.profile, "finetune": cfg.to_dict()["finetune"], "users": args.users, "items": args.items,
-        "points": curve.points, "eval_seconds": round(curve.eval_seconds, 1)})
+        "points": curve.points, "eval_seconds": round(curve.eval_seconds, 1),
+        "train": getattr(curve, "train_metrics", None)})
     plots.curves({k: frame[k].tolist() for k in ("ndcg@10", "title_level1", "valid_unassisted", "wellformed_unassisted")},
                  out.with_suffix(".png"), xlabel="point (see the JSON for tokens)")
     print(f"wrote {out}")
