@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sidlib import paths  # noqa: E402
+from sidlib import paths, stages  # noqa: E402
 from sidlib.models.beam import beam_search  # noqa: E402
 from sidlib.models.sid_gr import SidGR, SidGRConfig, evaluate, fit  # noqa: E402
 
@@ -57,10 +57,10 @@ def load_profile(profile: str):
     from sidlib.sids import SidTable
     from sidlib.split import samples, training_sequences
 
-    table = SidTable.load(paths.stage_dir(profile, "05-sids", create=False))
+    table = SidTable.load(stages.SIDS.dir(profile))
     if not np.array_equal(table.item_ids, np.arange(len(table))):
         raise SystemExit("the 05-sids table must cover the dense item ids 0..N-1")
-    split = Prepared.load(paths.stage_dir(profile, "01-prep", create=False)).split
+    split = Prepared.load(stages.PREP.dir(profile)).split
     return (np.asarray(table.codes), list(table.scheme.codebook_sizes),
             training_sequences(split, "valid")["item_ids"].tolist(), samples(split, "valid"))
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sidlib import config, paths
+from sidlib import config, paths, stages
 from sidlib.llm import eval as E
 from sidlib.llm import sft_data
 from sidlib.llm.decode import ReplyOnly
@@ -37,7 +37,7 @@ from sidlib.sids import SID_END, SID_START
 
 def sid_prompts(cfg: config.Config, dec: E.Decoder, n: int) -> list[list[int]]:
     """Prompt ids of up to n 06 valid conversations whose answer is a SID, over every SID task."""
-    _train, valid = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
+    _train, valid = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
     sid_rows = valid[valid["messages"].map(lambda m: SID_START in m[-1]["content"])]
     if sid_rows.empty:
         raise SystemExit("06's valid data has no SID-answer conversations")

@@ -24,15 +24,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sidlib import config, paths
+from sidlib import config, paths, stages
 from sidlib.llm import chat, sft_data, train, vocab
 from sidlib.models.train import set_seed
 from sidlib.sids import SidTable
 
 
 def load_inputs(cfg: config.Config) -> tuple[pd.DataFrame, pd.DataFrame, SidTable]:
-    tr, va = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
-    return tr, va, SidTable.load(paths.stage_dir(cfg.profile, "05-sids", create=False))
+    tr, va = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
+    return tr, va, SidTable.load(stages.SIDS.dir(cfg.profile))
 
 
 def packing(cfg: config.Config, sft: pd.DataFrame, table: SidTable, steps: int) -> dict:

@@ -27,7 +27,7 @@ import time
 import pandas as pd
 import torch
 
-from sidlib import config, paths
+from sidlib import config, paths, stages
 from sidlib.llm import sft_data, train
 from sidlib.models.train import set_seed
 from sidlib.sids import SidTable
@@ -117,8 +117,8 @@ def main() -> None:
     bad = [v for v in variants if v not in VARIANTS and not v.startswith("freeze")]
     if bad:
         raise SystemExit(f"unknown variants {bad}; known: {VARIANTS} (freeze<N> for any N)")
-    tr, va = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
-    table = SidTable.load(paths.stage_dir(cfg.profile, "05-sids", create=False))
+    tr, va = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
+    table = SidTable.load(stages.SIDS.dir(cfg.profile))
     set_seed(cfg.seed)
     model, tok, _info = train.prepare_model(cfg, table, "cpu", "sdpa")
     state = {k: v.clone() for k, v in model.state_dict().items()}

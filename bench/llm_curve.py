@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from sidlib import config, paths, plots
+from sidlib import config, paths, plots, stages
 from sidlib import split as splitlib
 from sidlib.data.prep import Prepared
 from sidlib.llm import eval as ev
@@ -116,9 +116,9 @@ def main() -> None:
     ap.add_argument("--keep", default="", help="train into this folder and keep it (default: a temporary one)")
     args = ap.parse_args()
     cfg = config.load(args.profile, [*args.set, f"eval.users={args.users}"])
-    tr, va = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
-    table = SidTable.load(paths.stage_dir(cfg.profile, "05-sids", create=False))
-    split = Prepared.load(paths.stage_dir(cfg.profile, "01-prep", create=False)).split
+    tr, va = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
+    table = SidTable.load(stages.SIDS.dir(cfg.profile))
+    split = Prepared.load(stages.PREP.dir(cfg.profile)).split
     curve = Curve(cfg, table, va, split, args.items, args.per_task)
     set_seed(cfg.seed)
     device = train.resolve_device(cfg.llm)

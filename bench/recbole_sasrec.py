@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sidlib import config, paths, runner, summary
+from sidlib import config, paths, runner, stages, summary
 from sidlib import split as S
 from sidlib.config import BaselineConfig
 from sidlib.data.prep import Prepared
@@ -228,7 +228,7 @@ def main() -> int:
                          "or pass --ours-only")
     if runner.run(args.profile, "01", overrides) != 0:  # skipped when up to date
         return 1
-    prepared = Prepared.load(paths.stage_dir(cfg.profile, "01-prep", create=False))
+    prepared = Prepared.load(stages.PREP.dir(cfg.profile))
     split = prepared.split
     n_items = len(prepared.items)
 

@@ -26,13 +26,12 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
-from . import metrics, paths, summary
+from . import metrics, stages, summary
 from . import split as S
 from .config import BaselineConfig, Config
 from .models import train
 
 MODELS = ("popularity", "sasrec", "sid_sasrec", "sid_gr")
-STAGE = "07-baselines"
 
 
 RANKS_FILE = "test_ranks.parquet"  # model, user_id, rank: 09 compares every model on the LLM's users
@@ -62,7 +61,7 @@ def write_ranks(reports: dict[str, dict[str, Any]], path: Path) -> pd.DataFrame:
 
 def load_ranks(profile: str) -> pd.DataFrame | None:
     """07's per-user test ranks of a profile, None before 07 wrote them."""
-    path = paths.stage_dir(profile, STAGE, create=False) / RANKS_FILE
+    path = stages.BASELINES.dir(profile) / RANKS_FILE
     return pd.read_parquet(path) if path.exists() else None
 
 
@@ -220,8 +219,8 @@ def load_inputs(cfg: Config) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
     from .data.prep import Prepared
     from .sids import SidTable
 
-    prep_dir = paths.stage_dir(cfg.profile, "01-prep", create=False)
-    sid_dir = paths.stage_dir(cfg.profile, "05-sids", create=False)
+    prep_dir = stages.PREP.dir(cfg.profile)
+    sid_dir = stages.SIDS.dir(cfg.profile)
     for d in (prep_dir, sid_dir):
         if not d.is_dir():
             raise FileNotFoundError(f"{d} not found: stage 07 reads 01-prep and 05-sids; run them first with "
@@ -257,7 +256,7 @@ def run_stage(cfg: Config, models: tuple[str, ...] = MODELS, resume: bool = True
     say = log if (log and main) else (lambda *_: None)
     say(f"{len(split):,} users, {len(codes):,} items, SID levels {sizes}"
         + (f"; {train.world_size()} training processes (DDP)" if train.world_size() > 1 else ""))
-    out = paths.stage_dir(cfg.profile, STAGE)
+    out = stages.BASELINES.dir(cfg.profile, create=True)
     reports = run_all(split, codes, sizes, cfg.baselines, out, seed=cfg.seed, models=models, resume=resume, log=log)
     if not main:
         return None

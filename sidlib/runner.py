@@ -10,52 +10,22 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
 from . import paths, summary
+from . import stages as stages_mod
 
 log = logging.getLogger("sidlib.runner")
 MANIFEST = "_manifest.json"
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str  # notebook stem and artifact folder, e.g. "01-prep"
-    key: str  # summary.json key
-    sections: tuple[str, ...]  # config sections whose values the outputs depend on
-    reads: tuple[str, ...] = ()  # earlier stages whose outputs it reads
-    external: tuple[str, ...] = ()  # config keys naming input files/folders outside artifacts/
-
-    @property
-    def number(self) -> int:
-        return int(self.name.split("-")[0]) if self.name[0].isdigit() else 99
-
-    @property
-    def notebook(self) -> Path:
-        nb = paths.NOTEBOOKS / f"{self.name}.ipynb"
-        return nb if nb.exists() else paths.REPO / f"{self.name}.ipynb"  # demo.ipynb lives at the top
-
-
-# The whole chain. A stage whose notebook does not exist yet is left out of a run.
-STAGES: list[Stage] = [
-    Stage("01-prep", "prep", ("data",), external=("data.path",)),
-    Stage("02-clean", "clean", ("clean",), ("01-prep",)),
-    Stage("03-embed", "embed", ("embed",), ("02-clean",)),
-    Stage("04-rqvae", "rqvae", ("rqvae",), ("03-embed",)),
-    Stage("05-sids", "sids", ("sids",), ("02-clean", "04-rqvae"), external=("sids.import_path",)),
-    Stage("06-sft-data", "sft_data", ("sft", "llm"), ("01-prep", "02-clean", "05-sids")),
-    Stage("07-baselines", "baselines", ("baselines",), ("01-prep", "05-sids")),
-    Stage("08-finetune", "finetune", ("finetune", "llm"), ("02-clean", "05-sids", "06-sft-data")),
-    Stage("09-eval", "eval", ("eval", "llm"), ("01-prep", "05-sids", "06-sft-data", "07-baselines", "08-finetune")),
-    # the demo reads eval.model_dir / eval.max_new_tokens too; 06 and 07 settings reach 09 through their outputs
-    Stage("demo", "demo", ("llm", "eval"), ("05-sids", "08-finetune")),
-]
+# The stage contract lives in sidlib.stages; these names stay for callers of the runner.
+Stage = stages_mod.Stage
+STAGES: list[Stage] = list(stages_mod.ALL)
 
 
 class StageFailed(RuntimeError):
@@ -139,11 +109,11 @@ def is_fresh(stage: Stage, cfg: config_mod.Config) -> bool:
     if any(v is None for v in now["inputs"].values()):
         return False
     same = all(m.get(k) == now[k] for k in ("notebook", "params", "inputs"))
-    return same and m.get("outputs") == outputs_hash(paths.stage_dir(cfg.profile, stage.name, create=False))
+    return same and m.get("outputs") == outputs_hash(stage.dir(cfg.profile))
 
 
 def _write_manifest(stage: Stage, cfg: config_mod.Config, fp: dict[str, Any], seconds: float) -> None:
-    folder = paths.stage_dir(cfg.profile, stage.name)
+    folder = stage.dir(cfg.profile, create=True)
     m = dict(fp, status="ok", seconds=round(seconds, 2), outputs=outputs_hash(folder),
              finished=datetime.now().isoformat(timespec="seconds"))
     (folder / MANIFEST).write_text(json.dumps(m, indent=2))
@@ -209,6 +179,13 @@ def run(
             echo(f"[{stage.name}] FAILED after {seconds:.1f}s: {e}")
             return 1
         seconds = time.time() - t0
+        missing = stage.missing(cfg.profile)
+        if missing:  # the notebook ran but broke the stage contract (sidlib.stages): later stages would fail obscurely
+            summary.set_status(cfg.profile, stage.key, "failed", seconds)
+            summary.write_report(cfg.profile)
+            echo(f"[{stage.name}] FAILED after {seconds:.1f}s: it did not write {', '.join(missing)} "
+                 f"into {stage.dir(cfg.profile)} (its outputs in sidlib/stages.py)")
+            return 1
         _write_manifest(stage, cfg, fp, seconds)
         summary.set_status(cfg.profile, stage.key, "ok", seconds)
         echo(f"[{stage.name}] ok in {seconds:.1f}s")

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from . import paths
+from . import paths, stages
 
-# The stage keys, in chain order (the runner's stage list uses the same keys).
-STAGE_KEYS = ["prep", "clean", "embed", "rqvae", "sids", "sft_data", "baselines", "finetune", "eval", "demo"]
+# The stage keys, in chain order (sidlib.stages owns them).
+STAGE_KEYS = list(stages.KEYS)
 
 
 def summary_path(profile: str) -> Path:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from sidlib import config, paths, runner, summary
+from sidlib import config, runner, stages, summary
 from sidlib.llm import base, demo, vocab
 from sidlib.llm import eval as ev
 from sidlib.sids import SID_END, SID_START, SidScheme, SidTable
@@ -326,21 +326,13 @@ def test_demo_log_counts_the_right_kind_of_answer(small_table):
 
 
 def test_09_and_demo_run_on_smoke_through_the_runner(smoke_stages, tmp_roots):
-    """06 (its notebook, or sidlib.llm.sft_data while the notebook is not written), 08, 09 and the
-    demo on smoke, shrunk; a 07 summary entry stands in for the baselines' training."""
+    """06, 08, 09 and the demo on smoke through their notebooks, shrunk; a 07 summary entry stands
+    in for the baselines' training."""
     fast = {"sft.max_per_task": 16, "sft.valid_per_task": 2, "finetune.stage1_steps": 1,
             "finetune.stage2_max_steps": 1, "finetune.max_train_samples": 16, "eval.users": 6,
             "eval.max_new_tokens": 8, "eval.rec_beam": 5}
-    cfg = config.load("smoke", fast)
     lines: list[str] = []
-    if runner.Stage("06-sft-data", "sft_data", ()).notebook.exists():
-        assert runner.run("smoke", "06", fast, echo=lines.append) == 0, "\n".join(lines)
-    else:
-        from sidlib.llm import sft_data
-
-        inputs = sft_data.load_inputs(cfg)
-        sft_data.build(inputs, sft_data.tokenizer_for(cfg, inputs.table), cfg, progress=False).save(
-            paths.stage_dir("smoke", "06-sft-data"))
+    assert runner.run("smoke", "06", fast, echo=lines.append) == 0, "\n".join(lines)
     summary.record("smoke", "baselines", {"sasrec": {"ndcg@10": 0.01, "hit@10": 0.02, "mrr": 0.01,
                                                      "n_users": 300, "n_cold": 41}})
     assert runner.run("smoke", "08,09,demo", fast, echo=lines.append) == 0, "\n".join(lines)
@@ -358,15 +350,17 @@ def test_09_and_demo_run_on_smoke_through_the_runner(smoke_stages, tmp_roots):
     assert set(table) == {"SASRec", pop, ev.FINETUNED, ev.FLOOR}
     assert table[ev.FINETUNED]["n_users"] == table[pop]["n_users"] == 6 and table["SASRec"]["n_users"] == 300
     assert llm["popularity_ndcg@10_same_users"] == table[pop]["ndcg@10"]
-    out = paths.stage_dir("smoke", "09-eval", create=False)
-    for f in ["tasks.csv", "comparison.csv", "predictions.jsonl", "eval_report.json", "comparison.png", "tasks.png"]:
+    for stage in (stages.SFT_DATA, stages.FINETUNE, stages.EVAL, stages.DEMO):  # the stage contract
+        assert stage.missing("smoke") == [], stage.name
+    out = stages.EVAL.dir("smoke")
+    for f in ["comparison.png", "tasks.png"]:
         assert (out / f).exists(), f
     assert json.loads((out / "eval_report.json").read_text())["users"] == 6
     demo_entry = summary.load("smoke")["stages"]["demo"]
     assert demo_entry["status"] == "ok"
     counts = demo_entry["metrics"]
     turns = [json.loads(line) for line in
-             (paths.stage_dir("smoke", "demo", create=False) / "transcript.jsonl").read_text().splitlines()]
+             (stages.DEMO.dir("smoke") / "transcript.jsonl").read_text().splitlines()]
     assert counts["turns"] == len(turns) >= 8 and counts["empty_replies"] == 0
     assert counts["rec_turns"] == 3 and counts["text_turns"] == 3
     # the smoke model is random, but the <|rec|> turns are guaranteed an existing item

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import metrics, paths, plots, summary
+from .. import metrics, paths, plots, stages, summary
 from ..baselines import load_ranks
 from .. import split as splitlib
 from ..config import Config, LLMConfig
@@ -62,7 +62,6 @@ from .decode import ReplyOnly, SidConstraint  # noqa: F401  (ReplyOnly: also rea
 
 log = logging.getLogger("sidlib.llm.eval")
 
-STAGE_DIR = "09-eval"
 FINETUNED = "LLM (fine-tuned)"
 FLOOR = "LLM before fine-tuning"
 BASELINE_NAMES = {"popularity": "Popularity", "sasrec": "SASRec", "sid_sasrec": "SID-SASRec", "sid_gr": "SID-GR",
@@ -599,7 +598,7 @@ def model_folder(cfg: Config, model_dir: str = "") -> str:
             raise FileNotFoundError(f"no model folder at {p} (eval.model_dir / model_dir: an HF folder or a "
                                     "hub id such as owner/name)")
         return where  # owner/name: a hub id
-    folder = paths.stage_dir(cfg.profile, "08-finetune", create=False) / "model"
+    folder = stages.FINETUNE.dir(cfg.profile) / "model"
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"no fine-tuned model at {folder}: run 08-finetune "
                                 f"(python -m sidlib run --profile {cfg.profile} --stages 08)")
@@ -619,7 +618,7 @@ def sid_table_for(where: str, cfg: Config) -> SidTable:
             log.info("no SID table downloadable for %s (%s)", where, e)
     if all((folder / f).exists() for f in SidTable.FILES.values()):
         return SidTable.load(folder)
-    sid_dir = paths.stage_dir(cfg.profile, "05-sids", create=False)
+    sid_dir = stages.SIDS.dir(cfg.profile)
     log.warning("%s has no SID table: using %s", where, sid_dir)
     return SidTable.load(sid_dir)
 
@@ -688,10 +687,10 @@ def run(cfg: Config, model_dir: str = "", progress: bool = True) -> EvalOutputs:
     from . import sft_data
 
     t0 = time.perf_counter()
-    out = paths.stage_dir(cfg.profile, STAGE_DIR)
-    split = Prepared.load(paths.stage_dir(cfg.profile, "01-prep", create=False)).split
-    _train, valid = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
-    sids05 = SidTable.load(paths.stage_dir(cfg.profile, "05-sids", create=False))
+    out = stages.EVAL.dir(cfg.profile, create=True)
+    split = Prepared.load(stages.PREP.dir(cfg.profile)).split
+    _train, valid = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
+    sids05 = SidTable.load(stages.SIDS.dir(cfg.profile))
     model, tok, table, where = load_finetuned(cfg, model_dir)
     if not np.array_equal(table.codes, sids05.codes):
         raise ValueError(f"the SID table of {where} differs from 05-sids of {cfg.profile}: the model was "

@@ -68,7 +68,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import paths, plots
+from .. import plots, stages
 from .. import split as splitlib
 from ..config import Config, SftDataConfig
 from ..data.prep import SEQUENCE_KIND, Prepared
@@ -322,9 +322,9 @@ def check_inputs(inputs: Inputs, where: str = "inputs") -> None:
 
 def load_inputs(cfg: Config) -> Inputs:
     """Read 01-prep, 02-clean and 05-sids of the profile (errors name the file to rebuild)."""
-    prep_dir = paths.stage_dir(cfg.profile, "01-prep", create=False)
-    clean_path = paths.stage_dir(cfg.profile, "02-clean", create=False) / "items.parquet"
-    sid_dir = paths.stage_dir(cfg.profile, "05-sids", create=False)
+    prep_dir = stages.PREP.dir(cfg.profile)
+    clean_path = stages.CLEAN.dir(cfg.profile) / "items.parquet"
+    sid_dir = stages.SIDS.dir(cfg.profile)
     prepared = Prepared.load(prep_dir)
     if not clean_path.exists():
         raise DataError(f"{clean_path}: not found; run 02-clean first")

@@ -38,14 +38,13 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from .. import paths
+from .. import stages
 from ..config import Config, FinetuneConfig, LLMConfig
 from ..sids import SidTable
 from . import base, chat, head, vocab
 
 log = logging.getLogger("sidlib.llm.train")
 
-STAGE_DIR = "08-finetune"
 MODEL_DIR = "model"  # the final HF folder inside the stage folder
 
 
@@ -430,10 +429,6 @@ def stage1_cached(cfg: Config, model: Any, tok: Any, table: SidTable, data: Any,
 # --------------------------------------------------------------------------- the stage
 
 
-def stage_folder(profile: str) -> Path:
-    return paths.stage_dir(profile, STAGE_DIR)
-
-
 def prepare_model(cfg: Config, table: SidTable, device: str, attn: str) -> tuple[Any, Any, dict[str, Any]]:
     """Base model + tokenizer with the SID tokens added and initialised (cfg.finetune.init)."""
     tok = base.load_tokenizer(cfg.llm)
@@ -464,7 +459,7 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
 
     from ..models.train import set_seed
 
-    out = Path(out or stage_folder(cfg.profile))
+    out = Path(out or stages.FINETUNE.dir(cfg.profile, create=True))
     ft = cfg.finetune
     device = resolve_device(cfg.llm)
     attn = resolve_attn(ft, device)
@@ -561,8 +556,8 @@ def run(cfg: Config, resume: bool = True) -> dict[str, Any]:
     """What notebook 08 and the CLI both do: read 06 and 05, fine-tune, write the stage folder."""
     from . import sft_data
 
-    train, _valid = sft_data.load(paths.stage_dir(cfg.profile, "06-sft-data", create=False))
-    table = SidTable.load(paths.stage_dir(cfg.profile, "05-sids", create=False))
+    train, _valid = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
+    table = SidTable.load(stages.SIDS.dir(cfg.profile))
     return finetune(cfg, train, table, resume=resume)
 
 
