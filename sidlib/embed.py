@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
-from sidlib import paths
-from sidlib.config import EmbedConfig
+from sidlib import paths, stages
+from sidlib.config import Config, EmbedConfig
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +232,35 @@ def category_labels(categories: Sequence[Sequence[str]]) -> list[str]:
             break
         depth += 1
     return [c[depth] if len(c) > depth else (c[-1] if c else "") for c in cats]
+
+
+# --------------------------------------------------------------------------- stage 03
+
+
+@dataclass
+class EmbedOutputs:
+    """What stage 03 read and wrote (artifacts/<profile>/03-embed/)."""
+
+    out: Path
+    items: pd.DataFrame  # 02's items: row i is embedding i
+    embeddings: np.ndarray
+    metrics: dict
+    plot: Path
+
+
+def run(cfg: Config) -> EmbedOutputs:
+    """Stage 03 (notebook 03): 02's item_context -> embeddings.npy (cached by model and text); a PCA plot."""
+    out = stages.EMBED.dir(cfg.profile, create=True)
+    items = pd.read_parquet(stages.CLEAN.dir(cfg.profile) / "items.parquet")
+    texts = items["item_context"].tolist()
+    cache_dir = paths.artifacts_root() / "cache" / "embeddings"
+    cached = cache_path(texts, cfg.embed, cache_dir).exists()
+    t0 = time.perf_counter()
+    emb = embed_texts(texts, cfg.embed, cache_dir=cache_dir)
+    seconds = time.perf_counter() - t0
+    np.save(out / "embeddings.npy", emb)
+    metrics = {"items": emb.shape[0], "dim": emb.shape[1], "seconds": round(seconds, 2),
+               "items_per_second": round(emb.shape[0] / max(seconds, 1e-9), 1), "model": cfg.embed.model,
+               "cached": cached}
+    plot = pca_plot(emb, category_labels(items["categories"]), out / "pca.png", title=f"{cfg.profile}: {cfg.embed.model}")
+    return EmbedOutputs(out, items, emb, metrics, plot)

@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sidlib import paths, plots, stages
+from sidlib.config import Config
+
 __all__ = [
     "REC",
     "SID_END",
@@ -773,3 +776,36 @@ def build_table(
         "source": "import" if import_path else "tokenizer",
     }
     return table, metrics
+
+
+@dataclass
+class SidOutputs:
+    """What stage 05 read and wrote (artifacts/<profile>/05-sids/)."""
+
+    out: Path
+    table: SidTable
+    metrics: dict[str, Any]
+    plot: Path
+    source: str  # where the codes came from, for the notebook's first line
+
+
+def run(cfg: Config) -> SidOutputs:
+    """Stage 05 (notebook 05): 04's codes (or sids.import_path) + a uniqueness level -> the SID
+    table (sids.parquet, sid_mapping.pt, sid_manifest.json) and a plot of the collision groups."""
+    out = stages.SIDS.dir(cfg.profile, create=True)
+    items = pd.read_parquet(stages.CLEAN.dir(cfg.profile) / "items.parquet")
+    if cfg.sids.import_path:
+        codes, k, import_path = None, 0, paths.resolve_data_path(cfg.sids.import_path)
+        source = f"external SIDs imported from {import_path}"
+    else:
+        tok_dir = stages.RQVAE.dir(cfg.profile)
+        codes = np.load(tok_dir / "codes.npy")
+        k = json.loads((tok_dir / "tokenizer.json").read_text())["codebook_size"]
+        import_path = None
+        source = f"{codes.shape[1]} tokenizer levels x {k} codes from 04-rqvae"
+    table, metrics = build_table(items, codes, k, import_path, cfg.sids.dedup_codebook_size)
+    table.save(out, extra={"metrics": metrics})
+    group_sizes = table.df["codes"].map(lambda c: tuple(c[:-1])).value_counts().to_numpy()
+    plot = plots.length_histogram({"items per tokenizer tuple": group_sizes}, out / "collision_groups.png",
+                                  xlabel="group size", bins=max(5, int(group_sizes.max())))
+    return SidOutputs(out, table, metrics, plot, source)

@@ -47,13 +47,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from sidlib.config import CleanConfig
+from sidlib import paths, plots, stages
+from sidlib.config import CleanConfig, Config
 
 log = logging.getLogger("sidlib.text")
 
@@ -833,3 +835,33 @@ def make_llm_cleaner(cfg: CleanConfig, cache_dir: str | Path | None = None) -> C
     else:
         raise LLMError(f"clean.llm = {cfg.llm!r}: expected '', 'hf' or 'openai'")
     return CachedCleaner(inner, Path(cache_dir or ".") / "llm_cache.jsonl")
+
+
+# --------------------------------------------------------------------------- stage 02
+
+
+@dataclass
+class CleanOutputs:
+    """What stage 02 read and wrote (artifacts/<profile>/02-clean/)."""
+
+    out: Path
+    raw: pd.DataFrame  # 01's items
+    items: pd.DataFrame  # cleaned, with item_context
+    metrics: dict[str, Any]
+    plot: Path
+
+
+def run(cfg: Config) -> CleanOutputs:
+    """Stage 02 (notebook 02): 01's items -> cleaned items with their item_context; a length plot."""
+    out = stages.CLEAN.dir(cfg.profile, create=True)
+    raw = pd.read_parquet(stages.PREP.dir(cfg.profile) / "items.parquet")
+    # the optional LLM rewrite (clean.llm = "hf" | "openai"); None when off. Its cache is shared
+    # across runs and profiles, keyed by model, prompt and text.
+    llm = make_llm_cleaner(cfg.clean, cache_dir=paths.artifacts_root() / "cache" / "llm_clean")
+    cleaned, report = clean_items(raw, cfg.clean, source=cfg.data.source, llm=llm)
+    cleaned.to_parquet(out / "items.parquet")
+    plot = plots.length_histogram(
+        {"raw title+description": raw["title"].str.len() + raw["description"].str.len(),
+         "item_context": cleaned["item_context"].str.len()},
+        out / "context_lengths.png", xlabel="characters")
+    return CleanOutputs(out, raw, cleaned, dict(report), plot)

@@ -121,7 +121,7 @@ def test_stage1_trains_only_new_rows_then_resumes(table, tmp_path, caplog):
     assert info["untied"] and info["added"] == len(table.scheme.tokens())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "ft"
-    res = train.finetune(cfg, sft, table, out=out, stages=("stage1",))
+    res = train.finetune(cfg, sft, table, out=out, which=("stage1",))
     assert res["metrics"]["stage1_steps"] == 4 and res["metrics"]["stage2_steps"] == 0
     after = train.base.load_model(cfg.llm, source=out / "stage1" / "final").state_dict()
     n_old = info["vocab_before"]
@@ -137,7 +137,7 @@ def test_stage1_trains_only_new_rows_then_resumes(table, tmp_path, caplog):
     shutil.rmtree(out / "stage1" / "final")
     shutil.rmtree(out / "stage1" / "checkpoint-4")
     with caplog.at_level(logging.INFO, logger="sidlib.llm.train"):
-        again = train.finetune(cfg, sft, table, out=out, stages=("stage1",))
+        again = train.finetune(cfg, sft, table, out=out, which=("stage1",))
     assert "resuming from" in caplog.text and "checkpoint-2" in caplog.text
     assert again["metrics"]["stage1_steps"] == 4
     assert 0 < again["metrics"]["train_tokens"] < res["metrics"]["train_tokens"]  # only steps 3-4 ran
@@ -208,7 +208,7 @@ def test_stage1_cached_fits_only_the_new_output_rows(table, tmp_path):
     model, tok, info = train.prepare_model(cfg, table, "cpu", "sdpa")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "ft"
-    res = train.finetune(cfg, conversations(table), table, out=out, stages=("stage1",))
+    res = train.finetune(cfg, conversations(table), table, out=out, which=("stage1",))
     fit = res["metrics"]["stage1_fit"]
     assert fit["after"]["loss"] < fit["before"]["loss"], fit
     assert fit["new_positions"] > 0 and fit["positions"] > fit["new_positions"]  # words too (titles)

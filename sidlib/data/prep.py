@@ -44,6 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sidlib import split as splitlib
+from sidlib import stages
+from sidlib.config import Config
+from sidlib.data import load_raw
 from sidlib.config import DataConfig
 from sidlib.data.schema import ITEM_COLUMNS, DataError, RawData
 
@@ -572,3 +575,26 @@ def plot_distributions(prepared: Prepared, path: Path | str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------- stage 01
+
+
+@dataclass
+class PrepOutputs:
+    """What stage 01 read and wrote (artifacts/<profile>/01-prep/)."""
+
+    out: Path
+    raw: RawData
+    prepared: Prepared
+    metrics: dict[str, Any]
+    plot: Path
+
+
+def run(cfg: Config) -> PrepOutputs:
+    """Stage 01 (notebook 01): the profile's raw data -> items, sequences, split, pairs; its plot."""
+    out = stages.PREP.dir(cfg.profile, create=True)
+    raw = load_raw(cfg.data)
+    prepared = prepare(raw, cfg.data, seed=cfg.seed)
+    prepared.save(out)
+    return PrepOutputs(out, raw, prepared, prepared.metrics(), plot_distributions(prepared, out / "distributions.png"))

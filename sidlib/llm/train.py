@@ -445,7 +445,7 @@ def prepare_model(cfg: Config, table: SidTable, device: str, attn: str) -> tuple
 
 
 def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | None = None,
-             resume: bool = True, stages: tuple[str, ...] = ("stage1", "stage2"),
+             resume: bool = True, which: tuple[str, ...] = ("stage1", "stage2"),
              callbacks: list[Any] | None = None, on_stage1: Any = None) -> dict[str, Any]:
     """Both stages; returns the metrics of summary.json's `finetune` entry plus the loss curves.
 
@@ -475,7 +475,7 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
     data = None
     for plan in plans(ft):
         done = out / (MODEL_DIR if plan.name == "stage2" else f"{plan.name}/final")
-        if plan.name not in stages:
+        if plan.name not in which:
             continue
         if resume and (done / "result.json").exists():
             log.info("%s already finished (%s)", plan.name, done)

@@ -13,13 +13,18 @@ catalogue, embeddings that do not line up with the item table.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sidlib.config import TokenizerConfig
+import pandas as pd
+
+from sidlib import stages, summary
+from sidlib.config import Config, TokenizerConfig
+from sidlib.tokenizers import quality as q
 
 METHODS = ("rqvae", "rqkmeans")
 
@@ -168,3 +173,50 @@ __all__ = [
     "METHODS", "TokenizerInputError", "TokenizerResult", "check_alignment", "check_config",
     "check_embeddings", "encode", "fit_tokenizer", "load_tokenizer", "reconstruct", "save_tokenizer",
 ]
+
+
+# --------------------------------------------------------------------------- stage 04
+
+
+@dataclass
+class TokenizerOutputs:
+    """What stage 04 read and wrote (artifacts/<profile>/04-rqvae/)."""
+
+    out: Path
+    embeddings: np.ndarray
+    results: dict[str, TokenizerResult]  # the chosen method first, then the compared ones
+    quality: dict[str, dict[str, Any]]  # method -> quality.quality(...) + seconds
+    chosen: TokenizerResult
+    plots: list[Path]
+    metrics: dict[str, Any]
+
+
+def run(cfg: Config) -> TokenizerOutputs:
+    """Stage 04 (notebook 04): 03's embeddings -> codes.npy (cfg.rqvae.method; with `compare`, the
+    other method too, side by side), the tokenizer, its quality report and plots."""
+    out = stages.RQVAE.dir(cfg.profile, create=True)
+    emb = np.load(stages.EMBED.dir(cfg.profile) / "embeddings.npy")
+    check_alignment(emb, pd.read_parquet(stages.CLEAN.dir(cfg.profile) / "items.parquet"))
+    tc = cfg.rqvae
+    methods = [tc.method] + ([m for m in METHODS if m != tc.method] if tc.compare else [])
+    results, table = {}, {}
+    for method in methods:
+        res = fit_tokenizer(emb, tc, method=method, seed=cfg.seed)
+        results[method] = res
+        table[method] = dict(q.quality(emb, res.recon, res.codes, tc.codebook_size, seed=cfg.seed),
+                             seconds=round(res.seconds, 1))
+        np.save(out / f"codes_{method}.npy", res.codes)
+    chosen = results[tc.method]
+    np.save(out / "codes.npy", chosen.codes)
+    save_tokenizer(chosen.model, tc, out / "tokenizer.pt")
+    (out / "tokenizer.json").write_text(json.dumps(
+        {"method": tc.method, "levels": tc.levels, "codebook_size": tc.codebook_size, "dim": int(emb.shape[1])}))
+    (out / "quality.json").write_text(json.dumps(summary.jsonable(table), indent=2))
+    plots = []
+    if "rqvae" in results:
+        plots.append(q.plot_training(results["rqvae"].history, out / "training.png"))
+    plots.append(q.plot_code_usage(chosen.codes, tc.codebook_size, out / "code_usage.png"))
+    plots.append(q.plot_collisions(chosen.codes, out / "collisions.png"))
+    metrics = dict(table[tc.method], tokenizer=tc.method)
+    metrics["compare"] = {m: t for m, t in table.items() if m != tc.method}
+    return TokenizerOutputs(out, emb, results, table, chosen, plots, metrics)
