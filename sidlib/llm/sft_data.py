@@ -1290,3 +1290,28 @@ def plot_token_lengths(df: pd.DataFrame, path: Path | str, max_length: int) -> P
 def sids_in(text: str, scheme: Any) -> list[list[int] | None]:
     """Codes of every SID block in a message (None for a malformed or open one)."""
     return [codes for _span, codes in scheme.find_all(text)]
+
+
+# --------------------------------------------------------------------------- stage 06
+
+
+@dataclass
+class SftOutputs:
+    """What stage 06 read and wrote (artifacts/<profile>/06-sft-data/)."""
+
+    out: Path
+    inputs: Inputs
+    tokenizer: Any  # the base tokenizer + the SID tokens
+    data: SftData
+    files: dict[str, Path]  # train, valid, report, plot
+    metrics: dict[str, Any]
+
+
+def run(cfg: Config, progress: bool = True) -> SftOutputs:
+    """Stage 06 (notebook 06): 01, 02 and 05 -> every selected task's train and valid conversations."""
+    inputs = load_inputs(cfg)
+    tok = tokenizer_for(cfg, inputs.table)  # + the SID tokens, checked on a spread of SIDs
+    data = build(inputs, tok, cfg, progress=progress)
+    out = stages.SFT_DATA.dir(cfg.profile, create=True)
+    return SftOutputs(out, inputs, tok, data, data.save(out), data.metrics())
+
