@@ -97,7 +97,7 @@ def recbole_params(cfg: BaselineConfig, seed: int, batch_size: int = 0) -> dict[
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "MAX_ITEM_LIST_LENGTH": cfg.max_len,
-        "hidden_size": cfg.hidden, "inner_size": cfg.hidden, "n_layers": cfg.blocks, "n_heads": cfg.heads,
+        "hidden_size": cfg.sasrec.hidden, "inner_size": cfg.sasrec.hidden, "n_layers": cfg.sasrec.blocks, "n_heads": cfg.sasrec.heads,
         "hidden_dropout_prob": cfg.dropout, "attn_dropout_prob": cfg.dropout, "hidden_act": "relu",
         "loss_type": "CE", "train_neg_sample_args": None,
         "learner": "adam", "learning_rate": cfg.lr, "weight_decay": cfg.weight_decay,

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "ml100k"
+
+
+log = logging.getLogger("sidlib.config")
 
 
 class ConfigError(ValueError):
@@ -128,21 +132,57 @@ class SidConfig:
 
 
 @dataclass
-class BaselineConfig:
-    """07-baselines: SASRec on item IDs, SID-SASRec on SIDs, SID-GR; the shared evaluation."""
+class SasrecConfig:
+    """[baselines.sasrec]: SASRec's size (Kang & McAuley 2018; the seed's: hidden 64, 2 blocks, 1 head)."""
 
-    # SASRec (Kang & McAuley 2018); the seed's settings: hidden 64, 2 blocks, 1 head, dropout 0.2
-    max_len: int = 50  # history items the models see (longer histories keep the most recent)
     hidden: int = 64
     blocks: int = 2
     heads: int = 1
+
+
+@dataclass
+class SidSasrecConfig:
+    """[baselines.sid_sasrec]: SID-SASRec's size (the seed: input 128, 4 blocks) and its windows."""
+
+    hidden: int = 128
+    blocks: int = 4
+    heads: int = 2
+    window_stride: int = 0  # its own training windows (its epochs cost ~2x SASRec's); 0 = max_len
+
+
+@dataclass
+class SidGrBaselineConfig:
+    """[baselines.sid_gr]: SID-GR's own settings; the rest of sidlib.models.sid_gr.SidGRConfig
+    (lr, weight decay, device, evaluation) comes from the shared [baselines] keys."""
+
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    beam: int = 20
+    loss_items: int = 1
+    shared_head: bool = True
+    epochs: int = 30  # SID-GR trains on every prefix (TIGER-style augmentation): fewer epochs
+    # its samples are prefixes (many more, and shorter, than SASRec's windows of max_len + 1
+    # items), so it keeps a large batch where SASRec may want a small one
+    batch_size: int = 256
+    max_items: int = 20  # history items in the prompt (the NVIDIA example uses 30)
+    dropout: float = 0.1
+    patience: int = 3
+
+
+@dataclass
+class BaselineConfig:
+    """07-baselines: the shared training and evaluation keys once, then one table per model:
+    [baselines.sasrec], [baselines.sid_sasrec], [baselines.sid_gr]."""
+
+    max_len: int = 50  # history items the models see (longer histories keep the most recent)
     dropout: float = 0.2
     # ce = softmax over all items (Klenitskiy & Vasilev 2023, stronger) | bce = the original
-    # binary loss with `negatives` uniformly sampled negatives per position
+    # binary loss with `negatives` uniformly sampled negatives per position (SASRec, SID-SASRec)
     loss: str = "ce"
     negatives: int = 1
-    epochs: int = 200
-    batch_size: int = 256
+    epochs: int = 200  # SASRec and SID-SASRec (SID-GR: sid_gr.epochs)
+    batch_size: int = 256  # SASRec and SID-SASRec (SID-GR: sid_gr.batch_size)
     # SASRec / SID-SASRec training windows of max_len + 1 items start every window_stride items
     # (0 = max_len: each transition once, many with a short history; smaller: longer histories
     # for every target, max_len / stride times the work; sasrec.training_arrays)
@@ -161,25 +201,36 @@ class BaselineConfig:
     exclude_history: bool = False
     cold_threshold: int = 5  # the cold slice: targets with <= this many training occurrences
     device: str = "auto"
-    # SID-SASRec (the seed: input 128, 4 blocks)
-    sid_hidden: int = 128
-    sid_blocks: int = 4
-    sid_heads: int = 2
-    sid_window_stride: int = 0  # SID-SASRec's own window_stride (its epochs cost ~2x SASRec's)
-    # SID-GR
-    gr_hidden: int = 128
-    gr_layers: int = 4
-    gr_heads: int = 4
-    gr_beam: int = 20
-    gr_loss_items: int = 1
-    gr_shared_head: bool = True
-    gr_epochs: int = 30  # SID-GR trains on every prefix (TIGER-style augmentation): fewer epochs
-    # SID-GR's own batch: its samples are prefixes (many more, and shorter, than SASRec's windows
-    # of max_len + 1 items), so it keeps a large batch where SASRec may want a small one
-    gr_batch_size: int = 256
-    gr_max_items: int = 20  # history items in the prompt (the NVIDIA example uses 30)
-    gr_dropout: float = 0.1
-    gr_patience: int = 3
+    sasrec: SasrecConfig = field(default_factory=SasrecConfig)
+    sid_sasrec: SidSasrecConfig = field(default_factory=SidSasrecConfig)
+    sid_gr: SidGrBaselineConfig = field(default_factory=SidGrBaselineConfig)
+
+
+# The flat keys [baselines] had before the per-model tables (profiles and --set still use them):
+# old key -> (table, new key). Each use logs the new name.
+MOVED_BASELINE_KEYS: dict[str, tuple[str, str]] = {
+    **{k: ("sasrec", k) for k in ("hidden", "blocks", "heads")},
+    **{f"sid_{k}": ("sid_sasrec", k) for k in ("hidden", "blocks", "heads", "window_stride")},
+    **{f"gr_{k}": ("sid_gr", k) for k in ("hidden", "layers", "heads", "beam", "loss_items", "shared_head",
+                                          "epochs", "batch_size", "max_items", "dropout", "patience")},
+}
+
+
+def _move_baseline_keys(raw: dict[str, Any], where: str) -> None:
+    """Old flat [baselines] keys (gr_epochs, sid_hidden, hidden, ...) into their per-model tables."""
+    section = raw.get("baselines")
+    if not isinstance(section, dict):
+        return
+    for old in [k for k in section if k in MOVED_BASELINE_KEYS]:
+        table, new = MOVED_BASELINE_KEYS[old]
+        node = section.setdefault(table, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: baselines.{table} must be a table of settings")
+        if new in node and node[new] != section[old]:
+            raise ConfigError(f"{where}: baselines.{old} is the old name of baselines.{table}.{new}, "
+                              f"and both are set ({section[old]!r} vs {node[new]!r}); keep the new one")
+        node[new] = section.pop(old)
+        log.warning("%s: baselines.%s is now baselines.%s.%s (the old name still works)", where, old, table, new)
 
 
 @dataclass
@@ -332,16 +383,21 @@ def _read_profile(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    _move_baseline_keys(raw, str(path))
     base = raw.pop("base", None)
     if base is None:
         return raw
-    merged = _read_profile(base, seen + (name,))
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            merged.setdefault(key, {}).update(value)
+    return _merge(_read_profile(base, seen + (name,)), raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, table by table (a child profile sets single keys of nested tables too)."""
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _merge(base[key], value)
         else:
-            merged[key] = value
-    return merged
+            base[key] = value
+    return base
 
 
 def parse_value(text: str) -> Any:
@@ -411,6 +467,10 @@ def load(profile: str = DEFAULT_PROFILE, overrides: dict[str, Any] | list[str] |
         overrides = parse_overrides(overrides)
     for dotted, value in (overrides or {}).items():
         parts = dotted.split(".")
+        if len(parts) == 2 and parts[0] == "baselines" and parts[1] in MOVED_BASELINE_KEYS:
+            table, new = MOVED_BASELINE_KEYS[parts[1]]
+            log.warning("--set %s: now baselines.%s.%s (the old name still works)", dotted, table, new)
+            parts = ["baselines", table, new]
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})

@@ -11,7 +11,7 @@ import pytest
 
 from sidlib import paths
 from sidlib import split as S
-from sidlib.config import BaselineConfig
+from sidlib.config import BaselineConfig, SasrecConfig
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_atomic_file_refuses_users_without_valid_or_test(bench, split, tmp_path)
 
 
 def test_recbole_params_map_the_profile(bench):
-    cfg = BaselineConfig(hidden=64, blocks=2, heads=1, dropout=0.2, batch_size=32, patience=10, max_len=50)
+    cfg = BaselineConfig(sasrec=SasrecConfig(hidden=64, blocks=2, heads=1), dropout=0.2, batch_size=32, patience=10, max_len=50)
     p = bench.recbole_params(cfg, seed=7)
     assert (p["hidden_size"], p["inner_size"], p["n_layers"], p["n_heads"]) == (64, 64, 2, 1)
     assert p["hidden_dropout_prob"] == p["attn_dropout_prob"] == 0.2

@@ -17,7 +17,7 @@ import torch
 from sidlib import config
 from sidlib import metrics as M
 from sidlib import split as S
-from sidlib.config import BaselineConfig
+from sidlib.config import BaselineConfig, SasrecConfig, SidSasrecConfig
 from sidlib.models import sasrec as SR
 from sidlib.models import sid_sasrec as SID
 from sidlib.models.train import Checkpointer, EarlyStopping, fit_loop, pick_device
@@ -161,7 +161,7 @@ def test_valid_users_sample_the_early_stopping_validations_only(scientific, monk
 
 def test_sasrec_bce_loss_trains(scientific):
     sp = small_split(scientific["split"])
-    cfg = BaselineConfig(epochs=2, lr=3e-3, hidden=16, loss="bce", negatives=2, eval_every=2, device="cpu")
+    cfg = BaselineConfig(epochs=2, lr=3e-3, sasrec=SasrecConfig(hidden=16), loss="bce", negatives=2, eval_every=2, device="cpu")
     model = SR.SASRec.from_config(scientific["n_items"], cfg)
     res = SR.fit(model, sp, cfg, seed=0)
     assert np.isfinite(res.losses).all() and res.losses[1] < res.losses[0]
@@ -171,7 +171,7 @@ def test_sasrec_bce_loss_trains(scientific):
 
 def test_resume_continues_the_epoch_counter_and_repeats_the_same_run(scientific, tmp_path):
     sp = small_split(scientific["split"])
-    cfg = BaselineConfig(epochs=4, hidden=16, max_len=20, patience=0, device="cpu")
+    cfg = BaselineConfig(epochs=4, sasrec=SasrecConfig(hidden=16), max_len=20, patience=0, device="cpu")
     n = scientific["n_items"]
 
     def fresh():
@@ -236,7 +236,7 @@ def test_sid_sasrec_learns_scientific_better_than_popularity(scientific):
 
     codes, _ = title_codes(scientific["folder"] / "Scientific.item.json", levels=2, k=32)
     assert codes.shape == (scientific["n_items"], 3) and len(np.unique(codes, axis=0)) == len(codes)
-    cfg = BaselineConfig(epochs=4, lr=3e-3, sid_hidden=64, sid_blocks=2, eval_every=4, device="cpu")
+    cfg = BaselineConfig(epochs=4, lr=3e-3, sid_sasrec=SidSasrecConfig(hidden=64, blocks=2), eval_every=4, device="cpu")
     torch.manual_seed(0)
     model = SID.SIDSASRec.from_config(codes, cfg)
     res = SR.fit(model, scientific["split"], cfg, seed=0)
@@ -249,13 +249,34 @@ def test_baseline_config_section():
     cfg = config.load("scientific", ["baselines.loss=bce", "baselines.sampled_negatives=1000"])
     assert cfg.baselines.loss == "bce" and cfg.baselines.sampled_negatives == 1000
     b = config.Config().baselines
-    assert (b.max_len, b.hidden, b.blocks, b.heads, b.dropout, b.sid_hidden, b.sid_blocks) == (50, 64, 2, 1, 0.2, 128, 4)
-    assert (b.gr_hidden, b.gr_layers, b.gr_heads, b.gr_beam, b.gr_loss_items, b.gr_shared_head) == (128, 4, 4, 20, 1, True)
+    assert (b.max_len, b.sasrec.hidden, b.sasrec.blocks, b.sasrec.heads, b.dropout) == (50, 64, 2, 1, 0.2)
+    assert (b.sid_sasrec.hidden, b.sid_sasrec.blocks) == (128, 4)
+    g = b.sid_gr
+    assert (g.hidden, g.layers, g.heads, g.beam, g.loss_items, g.shared_head) == (128, 4, 4, 20, 1, True)
+
+
+def test_old_flat_baseline_keys_still_work_and_name_the_new_ones(caplog, tmp_path):
+    """Profiles and --set written before the per-model tables: gr_epochs, sid_hidden, hidden."""
+    cfg = config.load("ml100k", ["baselines.gr_epochs=3", "baselines.sid_hidden=16", "baselines.hidden=24"])
+    b = cfg.baselines
+    assert (b.sid_gr.epochs, b.sid_sasrec.hidden, b.sasrec.hidden) == (3, 16, 24)
+    assert "baselines.sid_gr.epochs" in caplog.text and "baselines.sasrec.hidden" in caplog.text
+    old = tmp_path / "old.toml"
+    old.write_text('base = "ml100k"\n[baselines]\ngr_layers = 3\nsid_blocks = 1\n')
+    b = config.load(str(old)).baselines
+    # the child's old keys land in the tables; the rest of ml100k's tables stays (a deep merge)
+    assert (b.sid_gr.layers, b.sid_gr.epochs, b.sid_sasrec.blocks, b.sid_sasrec.hidden) == (3, 8, 1, 64)
+    both = tmp_path / "both.toml"
+    both.write_text('[baselines]\ngr_layers = 3\n[baselines.sid_gr]\nlayers = 2\n')
+    with pytest.raises(config.ConfigError, match="baselines.sid_gr.layers"):
+        config.load(str(both))
+    with pytest.raises(config.ConfigError, match="unknown key 'gr_nonsense'"):
+        config.load("ml100k", ["baselines.gr_nonsense=1"])
 
 
 def test_evaluate_split_leaves_out_users_without_history():
     sp = pd.DataFrame({"user_id": [0, 1, 2], "train": [[0, 1], [], [2, 3]], "valid": [2, 1, 0], "test": [3, 2, 1]})
-    cfg = BaselineConfig(hidden=8, blocks=1, device="cpu")
+    cfg = BaselineConfig(sasrec=SasrecConfig(hidden=8, blocks=1), device="cpu")
     res = SR.evaluate_split(SR.SASRec(4, hidden=8, blocks=1), sp, "valid", cfg)
     assert res["n_users"] == 2 and res["skipped_empty_history"] == 1
     assert SR.evaluate_split(SR.SASRec(4, hidden=8, blocks=1), sp, "test", cfg)["skipped_empty_history"] == 0

@@ -191,7 +191,7 @@ class SASRec(nn.Module):
 
     @classmethod
     def from_config(cls, n_items: int, cfg: BaselineConfig) -> "SASRec":
-        return cls(n_items, cfg.max_len, cfg.hidden, cfg.blocks, cfg.heads, cfg.dropout)
+        return cls(n_items, cfg.max_len, cfg.sasrec.hidden, cfg.sasrec.blocks, cfg.sasrec.heads, cfg.dropout)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: tokens [B, L] (item + 1, 0 = pad) → hidden states [B, L, d]."""

@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sidlib import metrics
+from sidlib.config import BaselineConfig
 from sidlib.models import train as train_utils
 from sidlib.models.beam import CACHE_MODES, BeamResult, CodeTrie, beam_search
 from sidlib.split import sample_rows
@@ -92,26 +93,17 @@ class SidGRConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
 
 
-    # BaselineConfig fields shared with SASRec that SID-GR reads when it has no gr_<name> field
-    _SHARED = {"max_items": "max_len", "dropout": "dropout", "epochs": "epochs",
-               "lr": "lr", "weight_decay": "weight_decay", "patience": "patience", "eval_every": "eval_every",
-               "batch_users": "eval_batch_size", "device": "device", "exclude_history": "exclude_history",
-               "eval_users": "valid_users"}
-
     @classmethod
-    def from_baseline(cls, b: Any, seed: int | None = None) -> "SidGRConfig":
-        """From `sidlib.config.BaselineConfig`: every field `x` here is read from `gr_x` when the
-        baseline config has it, else from the shared SASRec field (max_items <- max_len, dropout,
-        epochs, lr, weight_decay, patience, eval_every, device, exclude_history), else the default."""
-        kw: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if hasattr(b, f"gr_{f.name}"):
-                kw[f.name] = getattr(b, f"gr_{f.name}")
-            elif f.name in cls._SHARED and hasattr(b, cls._SHARED[f.name]):
-                kw[f.name] = getattr(b, cls._SHARED[f.name])
-        if seed is not None:
-            kw["seed"] = seed
-        return cls(**kw)
+    def from_baseline(cls, b: BaselineConfig, seed: int | None = None) -> "SidGRConfig":
+        """From the profile's [baselines]: SID-GR's own table [baselines.sid_gr] for its size,
+        training length and beams; the shared keys for optimisation, device and evaluation."""
+        g = b.sid_gr
+        return cls(hidden=g.hidden, layers=g.layers, heads=g.heads, dropout=g.dropout, max_items=g.max_items,
+                   loss_items=g.loss_items, shared_head=g.shared_head, epochs=g.epochs, batch_size=g.batch_size,
+                   patience=g.patience, beam=g.beam,
+                   lr=b.lr, weight_decay=b.weight_decay, eval_every=b.eval_every, eval_users=b.valid_users,
+                   exclude_history=b.exclude_history, batch_users=b.eval_batch_size, device=b.device,
+                   **({} if seed is None else {"seed": seed}))
 
 
 class SidGRError(ValueError):

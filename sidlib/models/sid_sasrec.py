@@ -110,7 +110,7 @@ class SIDSASRec(nn.Module):
 
     @classmethod
     def from_config(cls, codes: Any, cfg: BaselineConfig, sizes: Sequence[int] | None = None) -> "SIDSASRec":
-        return cls(codes, cfg.max_len, cfg.sid_hidden, cfg.sid_blocks, cfg.sid_heads, cfg.dropout, sizes)
+        return cls(codes, cfg.max_len, cfg.sid_sasrec.hidden, cfg.sid_sasrec.blocks, cfg.sid_sasrec.heads, cfg.dropout, sizes)
 
     # ------------------------------------------------------------------ encoder / heads
 
@@ -184,7 +184,7 @@ def run(
     n_split = len(S.item_train_counts(split))
     if np.asarray(codes).shape[0] < n_split:
         raise ValueError(f"codes cover {np.asarray(codes).shape[0]} items but the split uses ids up to {n_split - 1}")
-    cfg = dataclasses.replace(cfg, window_stride=cfg.sid_window_stride)  # its own windows (config.py)
+    cfg = dataclasses.replace(cfg, window_stride=cfg.sid_sasrec.window_stride)  # its own windows (config.py)
     set_seed(seed)
     model = SIDSASRec.from_config(codes, cfg, sizes).to(pick_device(cfg.device))
     result = fit(model, split, cfg, ckpt_dir=ckpt_dir, resume=resume, seed=seed, log=log)
