@@ -54,8 +54,8 @@ from .. import metrics, paths, plots, summary
 from ..baselines import load_ranks
 from .. import split as splitlib
 from ..config import Config, LLMConfig
-from ..models.beam import BeamResult, CodeTrie, beam_search
-from ..sids import REC, SID_START, SidTable
+from ..models.beam import BeamResult, beam_search
+from ..sids import REC, SID_START, CodeTrie, SidTable
 from . import base, chat, vocab
 from .chat import end_token_ids
 from .decode import ReplyOnly, SidConstraint  # noqa: F401  (ReplyOnly: also reached as eval.ReplyOnly)
