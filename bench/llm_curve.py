@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 from sidlib import config, paths, plots, stages
 from sidlib import split as splitlib
 from sidlib.data.prep import Prepared
+from sidlib.device import resolve_device
 from sidlib.llm import eval as ev
 from sidlib.llm import base, sft_data, train
 from sidlib.models.train import set_seed
@@ -121,7 +122,7 @@ def main() -> None:
     split = Prepared.load(stages.PREP.dir(cfg.profile)).split
     curve = Curve(cfg, table, va, split, args.items, args.per_task)
     set_seed(cfg.seed)
-    device = train.resolve_device(cfg.llm)
+    device = resolve_device(cfg.llm.device)
     model, tok, _ = train.prepare_model(cfg, table, "cpu", "sdpa")
     curve.measure(model.to(device), tok, "base + SID tokens", 0)
     del model
@@ -162,7 +163,7 @@ def saved(curve: Curve, folder: Path, cfg: config.Config) -> None:
     models.append((f"stage 2, step {steps} (end)", folder / train.MODEL_DIR, m["train_tokens"]))
     for label, where, tokens in models:
         tok = base.load_tokenizer(cfg.llm, source=where if (where / "tokenizer_config.json").exists() else folder / train.MODEL_DIR)
-        curve.measure(base.load_model(cfg.llm, source=where, device=train.resolve_device(cfg.llm)), tok, label, tokens)
+        curve.measure(base.load_model(cfg.llm, source=where, device=resolve_device(cfg.llm.device)), tok, label, tokens)
         curve.points[-1]["train_seconds"] = None  # not measured here: see 08's report
     curve.points[0]["train_seconds"] = 0.0
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from sidlib import paths, stages
 from sidlib.config import Config, EmbedConfig
+from sidlib.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,6 @@ def resolve_model(name: str) -> str:
     return str(p.resolve()) if p.exists() else name
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("embed.device = 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    return device
-
-
 def resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -69,7 +60,7 @@ def load_model(cfg: EmbedConfig):
     from sentence_transformers import SentenceTransformer
 
     model_path = resolve_model(cfg.model)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "embed.device")
     dtype = resolve_dtype(cfg.dtype, device)
     local = Path(model_path).is_dir()
     if local:

@@ -65,9 +65,9 @@ __all__ = [
     "CONTEXT_LABELS",
     "DEFAULT_PROMPT",
     "CachedCleaner",
+    "CleanerError",
     "HFCleaner",
     "LLMCleaner",
-    "LLMError",
     "OpenAICleaner",
     "TAG_RE",
     "cap_text",
@@ -582,8 +582,9 @@ DEFAULT_PROMPT = (
 )
 
 
-class LLMError(RuntimeError):
-    """The LLM cleaner could not run (unreachable endpoint, bad response, missing model)."""
+class CleanerError(RuntimeError):
+    """The LLM cleaner (clean.llm) could not run (unreachable endpoint, bad response, missing
+    model). Not `sidlib.llm.base.LLMError` (a base model unfit for the SID chat model)."""
 
 
 @runtime_checkable
@@ -652,7 +653,7 @@ class HFCleaner:
             self._tok = self._tok or AutoTokenizer.from_pretrained(where, **kwargs)
             self._model = self._model or AutoModelForCausalLM.from_pretrained(where, **kwargs)
         except OSError as e:
-            raise LLMError(f"cannot load the cleaning model {self.model!r} (clean.llm_model): {e}") from None
+            raise CleanerError(f"cannot load the cleaning model {self.model!r} (clean.llm_model): {e}") from None
         self._model.to(self.device).eval()
 
     def _messages(self, text: str) -> list[dict[str, str]]:
@@ -666,7 +667,7 @@ class HFCleaner:
         self._load()
         tok, model = self._tok, self._model
         if not getattr(tok, "chat_template", None):
-            raise LLMError(f"the cleaning model {self.model!r} has no chat template; use an instruct / chat model")
+            raise CleanerError(f"the cleaning model {self.model!r} has no chat template; use an instruct / chat model")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         side = tok.padding_side
@@ -711,7 +712,7 @@ class OpenAICleaner:
         api_key: str | None = None,
     ) -> None:
         if not url:
-            raise LLMError("clean.llm = 'openai' needs clean.llm_url (e.g. http://127.0.0.1:8000/v1)")
+            raise CleanerError("clean.llm = 'openai' needs clean.llm_url (e.g. http://127.0.0.1:8000/v1)")
         self.url = url.rstrip("/")
         self.model = model
         self.prompt = prompt
@@ -746,10 +747,10 @@ class OpenAICleaner:
                 payload = resp.read()
         except urllib.error.HTTPError as e:
             detail = e.read()[:300].decode("utf-8", "replace")
-            raise LLMError(f"{self.endpoint} answered HTTP {e.code}: {detail}") from None
+            raise CleanerError(f"{self.endpoint} answered HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise LLMError(
+            raise CleanerError(
                 f"cannot reach the OpenAI-compatible endpoint {self.endpoint}: {reason}. "
                 f"Is the server running? (set clean.llm_url, or clean.llm=\"\" to skip the LLM cleaner)"
             ) from None
@@ -758,7 +759,7 @@ class OpenAICleaner:
             data = json.loads(payload)
             return _postprocess(data["choices"][0]["message"]["content"] or "")
         except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-            raise LLMError(f"{self.endpoint}: unexpected response {payload[:300]!r}") from None
+            raise CleanerError(f"{self.endpoint}: unexpected response {payload[:300]!r}") from None
 
     def clean(self, texts: list[str]) -> list[str]:
         return [self._one(t) for t in texts]
@@ -808,7 +809,7 @@ as soon as it is done, so an interrupted run keeps what it computed."""
             chunk = pending[start : start + self.chunk_size]
             outputs = self.inner.clean([t for _, t in chunk])
             if len(outputs) != len(chunk):
-                raise LLMError(f"{self.model}: {len(outputs)} outputs for {len(chunk)} inputs")
+                raise CleanerError(f"{self.model}: {len(outputs)} outputs for {len(chunk)} inputs")
             self.misses += len(chunk)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._lock, self.path.open("a", encoding="utf-8") as fh:
@@ -830,10 +831,10 @@ def make_llm_cleaner(cfg: CleanConfig, cache_dir: str | Path | None = None) -> C
         inner: LLMCleaner = HFCleaner(cfg.llm_model or "smollm2", max_new_tokens=cfg.llm_max_new_tokens)
     elif cfg.llm == "openai":
         if not cfg.llm_model:
-            raise LLMError("clean.llm = 'openai' needs clean.llm_model (the endpoint's model name)")
+            raise CleanerError("clean.llm = 'openai' needs clean.llm_model (the endpoint's model name)")
         inner = OpenAICleaner(cfg.llm_url, cfg.llm_model, max_tokens=cfg.llm_max_new_tokens)
     else:
-        raise LLMError(f"clean.llm = {cfg.llm!r}: expected '', 'hf' or 'openai'")
+        raise CleanerError(f"clean.llm = {cfg.llm!r}: expected '', 'hf' or 'openai'")
     return CachedCleaner(inner, Path(cache_dir or ".") / "llm_cache.jsonl")
 
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sidlib import embed
 from sidlib.config import EmbedConfig
+from sidlib.device import resolve_device
 
 TEXTS = [
     "Stainless steel staples for heavy duty staple guns, 1/2 inch leg",
@@ -85,6 +87,19 @@ def test_validate_and_inputs():
         embed.validate_embeddings(ok, n_items=4)
     with pytest.raises(embed.EmbeddingError, match="no texts"):
         embed.embed_texts([], EmbedConfig(), None)
+
+
+def test_device_setting(monkeypatch):
+    """sidlib.device.resolve_device (embed, rqvae, llm): auto -> cuda or cpu, anything else as
+    given; with the config key, 'cuda' without CUDA is an error that names the key."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device() == resolve_device("auto") == "cpu"
+    assert resolve_device("cuda") == "cuda" and resolve_device("cuda:1", "embed.device") == "cuda:1"
+    with pytest.raises(RuntimeError, match=r"embed.device = 'cuda' but no CUDA device is available"):
+        embed.load_model(EmbedConfig(device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cpu", "embed.device") == "cpu"
+    assert resolve_device("cuda", "embed.device") == "cuda"
 
 
 def test_top_labels_and_pca_plot(tmp_path):

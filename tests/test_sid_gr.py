@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from sidlib.models.beam import CodeTrie, TrieError, beam_search
+from sidlib.models.beam import beam_search
 from sidlib.models.sid_gr import SidGR, SidGRConfig, SidGRError, _epoch_batches, evaluate, fit, training_samples
+from sidlib.sids import SidError
 
 torch.set_num_threads(1)
 
@@ -55,33 +56,6 @@ def tiny_model(codes, sizes, **kw) -> SidGR:
 def random_histories(n_users: int, n_items: int, max_len: int = 10, seed: int = 1) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, n_items, rng.integers(1, max_len + 1)).tolist() for _ in range(n_users)]
-
-
-# --------------------------------------------------------------------------- trie
-
-def test_trie_shared_prefixes_and_lookups():
-    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 2, 1]])
-    t = CodeTrie(codes, [2, 3, 2])
-    assert t.n_prefixes == [1, 2, 4, 5]
-    assert t.allowed([]) == [0, 1]
-    assert t.allowed([0]) == [0, 1] and t.allowed([1]) == [0, 2]
-    assert t.allowed([0, 0]) == [0, 1] and t.allowed([1, 2]) == [1]
-    assert t.allowed([0, 2]) == [] and t.allowed([0, 0, 1]) == []
-    assert [t.item_of(c) for c in codes.tolist()] == [0, 1, 2, 3, 4]
-    assert t.is_item([1, 2, 1]) and not t.is_item([1, 2, 0]) and not t.is_item([1, 2])
-    # vectorised masks for a batch of prefixes (-1 = dead beam: nothing allowed)
-    mask = t.allowed_mask(1, torch.tensor([[0, 1, -1]]))
-    assert mask.tolist() == [[[True, True, False], [True, False, True], [False, False, False]]]
-    # agrees with the project's PrefixTrie where it exists
-    sids = pytest.importorskip("sidlib.sids")
-    if hasattr(sids, "PrefixTrie"):
-        ref = sids.PrefixTrie(codes)
-        for p in ([], [0], [1], [0, 0], [0, 1], [1, 0], [1, 2]):
-            assert list(ref.allowed(p)) == t.allowed(p)
-    with pytest.raises(TrieError, match="share their full code tuple"):
-        CodeTrie(np.array([[0, 1], [0, 1]]))
-    with pytest.raises(TrieError, match="out of range"):
-        CodeTrie(np.array([[0, 5]]), [2, 2])
 
 
 # --------------------------------------------------------------------------- beam mechanics
@@ -169,7 +143,7 @@ def test_excluded_items_never_come_out_and_the_rest_keeps_its_order(cache):
         assert codes[row[0], 0] != 0 or u != 0
     assert (m.topk_fn(10, 10, cache, exclude_history=True)(hist) == beam_search(
         m, hist, m.trie, beam=10, cache=cache, exclude=hist).items.numpy()).all()
-    with pytest.raises(TrieError, match="excluded item id 200"):
+    with pytest.raises(SidError, match="excluded item id 200"):
         beam_search(m, hist[:1], m.trie, beam=10, exclude=[[200]])
     with pytest.raises(ValueError, match="exclude has 1 rows for 5"):
         beam_search(m, hist, m.trie, beam=10, exclude=[[1]])

@@ -12,7 +12,7 @@ from sidlib.sids import (
     REC,
     SID_END,
     SID_START,
-    PrefixTrie,
+    CodeTrie,
     SidError,
     SidFormatError,
     SidScheme,
@@ -289,7 +289,7 @@ def test_sid_table_validation():
         t.mapping_tensor()
 
 
-def test_prefix_trie_shared_prefixes():
+def test_trie_shared_prefixes():
     codes = np.array(
         [
             [1, 2, 3, 0],  # item 0
@@ -299,7 +299,7 @@ def test_prefix_trie_shared_prefixes():
             [4, 0, 0, 0],  # item 4
         ]
     )
-    trie = PrefixTrie(codes)
+    trie = CodeTrie(codes)
     assert trie.allowed([]).tolist() == [1, 4]
     assert trie.allowed([1]).tolist() == [2, 7]
     assert trie.allowed([1, 2]).tolist() == [3, 5]
@@ -314,17 +314,19 @@ def test_prefix_trie_shared_prefixes():
     assert trie.longest_known_prefix([1, 7, 0, 0]) == (4, 3)
     assert trie.longest_known_prefix([9, 9, 9, 9]) == (0, None)
     # with item ids: the example item is the smallest id under the prefix
-    trie2 = PrefixTrie(codes, item_ids=[50, 40, 30, 20, 10])
+    trie2 = CodeTrie(codes, item_ids=[50, 40, 30, 20, 10])
     assert trie2.longest_known_prefix([1, 2, 9, 9]) == (2, 30)
     assert trie2.item_of([4, 0, 0, 0]) == 10
-    with pytest.raises(SidError, match="share the codes"):
-        PrefixTrie(np.array([[1, 2], [1, 2]]))
+    with pytest.raises(SidError, match=r"1 items share their full code tuple.*item 7: \[1, 2\]"):
+        CodeTrie(np.array([[1, 2], [1, 2]]), item_ids=[7, 8])
+    with pytest.raises(SidError, match="out of range"):
+        CodeTrie(np.array([[0, 5]]), [2, 2])
 
 
-def test_prefix_trie_matches_brute_force():
+def test_trie_matches_brute_force():
     rng = np.random.default_rng(4)
     codes = add_dedup_level(rng.integers(0, 5, size=(400, 2)), 32)
-    trie = PrefixTrie(codes)
+    trie = CodeTrie(codes)
     rows = [tuple(r) for r in codes.tolist()]
     for prefix in [(), (0,), (3,), (2, 4), (1, 1), (4, 4, 0)]:
         k = len(prefix)
@@ -332,3 +334,35 @@ def test_prefix_trie_matches_brute_force():
         assert trie.allowed(prefix).tolist() == expect
     for i in (0, 123, 399):
         assert trie.item_of(codes[i]) == i
+
+
+def test_trie_dense_tables_and_masks():
+    """The tensor side that constrained decoding uses: per-level prefix counts, and the masks of
+    a batch of prefixes in one gather."""
+    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 2, 1]])
+    t = CodeTrie(codes, [2, 3, 2])
+    assert t.n_prefixes == [1, 2, 4, 5]
+    assert t.allowed([]).tolist() == [0, 1]
+    assert t.allowed([0]).tolist() == [0, 1] and t.allowed([1]).tolist() == [0, 2]
+    assert t.allowed([0, 0]).tolist() == [0, 1] and t.allowed([1, 2]).tolist() == [1]
+    assert t.allowed([0, 2]).tolist() == [] and t.allowed([0, 0, 1]).tolist() == []
+    assert [t.item_of(c) for c in codes.tolist()] == [0, 1, 2, 3, 4]
+    assert t.is_item([1, 2, 1]) and not t.is_item([1, 2, 0]) and not t.is_item([1, 2])
+    # vectorised masks for a batch of prefixes (-1 = dead beam: nothing allowed)
+    mask = t.allowed_mask(1, torch.tensor([[0, 1, -1]]))
+    assert mask.tolist() == [[[True, True, False], [True, False, True], [False, False, False]]]
+    # one step per (prefix, code): the next prefix index, the item row on the last level
+    assert t.step(0, torch.tensor([0, 0, -1]), torch.tensor([1, 0, 0])).tolist() == [1, 0, -1]
+    assert t.step(2, torch.tensor([3]), torch.tensor([1])).tolist() == [4]
+
+
+def test_trie_of_a_table_names_item_ids():
+    """SidTable.trie(): the lookups return the table's item ids, the tensor side row indices."""
+    codes = np.array([[1, 0], [0, 1], [0, 0]])
+    table = SidTable.build(codes, SidScheme([2, 2]), item_ids=[30, 10, 20])  # rows sorted by id
+    trie = table.trie()
+    assert trie is table.trie()  # built once
+    assert trie.item_of([1, 0]) == 30 and table.item_of([0, 1]) == 10
+    assert trie.longest_known_prefix([0, 9]) == (1, 10) and trie.longest_known_prefix([1, 1]) == (1, 30)
+    row = int(trie.step(1, trie.step(0, torch.tensor([0]), torch.tensor([1])), torch.tensor([0])))
+    assert table.item_ids[row] == 30

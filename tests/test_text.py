@@ -16,9 +16,9 @@ from sidlib.config import CleanConfig
 from sidlib.text import (
     TAG_RE,
     CachedCleaner,
+    CleanerError,
     HFCleaner,
     LLMCleaner,
-    LLMError,
     OpenAICleaner,
     cap_text,
     clean_categories,
@@ -403,9 +403,9 @@ def test_clean_items_with_llm(tmp_path):
     assert out["description"].tolist() == ["FIRST TEXT", "", "THIRD TEXT"]
     assert report["llm_cache_hits"] == 1 and inner.seen == ["first text", "third text"]
     assert make_llm_cleaner(CleanConfig()) is None
-    with pytest.raises(LLMError, match="llm_url"):
+    with pytest.raises(CleanerError, match="llm_url"):
         make_llm_cleaner(CleanConfig(llm="openai", llm_model="m"))
-    with pytest.raises(LLMError, match="expected '', 'hf' or 'openai'"):
+    with pytest.raises(CleanerError, match="expected '', 'hf' or 'openai'"):
         make_llm_cleaner(CleanConfig(llm="gemini"))
 
 
@@ -457,7 +457,7 @@ def test_openai_cleaner_local_server(chat_server, tmp_path):
     assert body["messages"][0]["role"] == "system" and "200 words" in body["messages"][0]["content"]
     assert cached.clean(["Another one"]) == ["Short: Another on"]
     assert len(_ChatHandler.requests) == 2  # served from the cache
-    with pytest.raises(LLMError, match="HTTP 404: no such route"):
+    with pytest.raises(CleanerError, match="HTTP 404: no such route"):
         OpenAICleaner(chat_server + "/wrong", "m", timeout=5).clean(["x"])
 
 
@@ -466,7 +466,7 @@ def test_openai_cleaner_unreachable():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cleaner = OpenAICleaner(f"http://127.0.0.1:{port}/v1", "m", timeout=3)
-    with pytest.raises(LLMError, match=rf"cannot reach the OpenAI-compatible endpoint http://127.0.0.1:{port}/v1/chat/completions.*server running"):
+    with pytest.raises(CleanerError, match=rf"cannot reach the OpenAI-compatible endpoint http://127.0.0.1:{port}/v1/chat/completions.*server running"):
         cleaner.clean(["x"])
 
 

@@ -2,7 +2,7 @@
 
 `SidConstraint` is a transformers `LogitsProcessor`. Inside a `<|sid_start|> ... <|sid_end|>`
 block it allows only the code tokens that continue some item's SID (the dense prefix trie of
-`sidlib.models.beam.CodeTrie`: one gather per level for all rows), then only `<|sid_end|>`;
+`sidlib.sids.CodeTrie`: one gather per level for all rows), then only `<|sid_end|>`;
 outside blocks it withholds only the tokens that belong inside one (the code tokens and
 `<|sid_end|>`: a stray one would be a broken SID), so free text is untouched. Rows are independent, so
 the same processor serves greedy, sampling and beam search (beams are rows), batched.
@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from ..models.beam import CodeTrie
-from ..sids import SID_END, SID_START, SidTable
+from ..sids import SID_END, SID_START, CodeTrie, SidTable
 from .vocab import sid_token_ids
 
 

@@ -54,8 +54,9 @@ from .. import metrics, paths, plots, stages, summary
 from ..baselines import load_ranks
 from .. import split as splitlib
 from ..config import Config, LLMConfig
-from ..models.beam import BeamResult, CodeTrie, beam_search
-from ..sids import REC, SID_START, SidTable
+from ..device import resolve_device
+from ..models.beam import BeamResult, beam_search
+from ..sids import REC, SID_START, CodeTrie, SidTable
 from . import base, chat, vocab
 from .chat import end_token_ids
 from .decode import ReplyOnly, SidConstraint  # noqa: F401  (ReplyOnly: also reached as eval.ReplyOnly)
@@ -623,16 +624,10 @@ def sid_table_for(where: str, cfg: Config) -> SidTable:
     return SidTable.load(sid_dir)
 
 
-def device_of(cfg: Config) -> str:
-    if cfg.llm.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg.llm.device
-
-
 def load_finetuned(cfg: Config, model_dir: str = "") -> tuple[Any, Any, SidTable, str]:
     """(model, tokenizer, SID table, where it came from) of the fine-tuned model."""
     where = model_folder(cfg, model_dir)
-    device = device_of(cfg)
+    device = resolve_device(cfg.llm.device)
     tok = base.load_tokenizer(cfg.llm, source=where)
     model = base.load_model(cfg.llm, source=where, device=device, attn="sdpa").eval()
     table = sid_table_for(where, cfg)
@@ -645,7 +640,7 @@ def load_floor(cfg: Config, table: SidTable) -> tuple[Any, Any]:
     (finetune.init), no training step — what the SID vocabulary alone gives."""
     from .train import prepare_model
 
-    device = device_of(cfg)
+    device = resolve_device(cfg.llm.device)
     model, tok, _info = prepare_model(cfg, table, "cpu", "sdpa")
     return model.to(device).eval(), tok
 

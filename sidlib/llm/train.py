@@ -40,6 +40,7 @@ from transformers import TrainerCallback
 
 from .. import stages
 from ..config import Config, FinetuneConfig, LLMConfig
+from ..device import resolve_device
 from ..sids import SidTable
 from . import base, chat, head, vocab
 
@@ -184,12 +185,6 @@ def resolve_optim(cfg: FinetuneConfig, device: str) -> str:
     # the fused kernel: on a 2-core CPU one AdamW step over SmolLM2's 135M weights takes ~0.3 s
     # fused against ~1.3 s foreach and ~2.3 s per-tensor (measured, docs/benchmarks.md)
     return "adamw_torch_fused"
-
-
-def resolve_device(llm: LLMConfig) -> str:
-    if llm.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return llm.device
 
 
 @dataclass
@@ -406,7 +401,7 @@ def stage1_cached(cfg: Config, model: Any, tok: Any, table: SidTable, data: Any,
     ft = cfg.finetune
     if not main_proc:
         return StageResult(steps=0, seconds=0.0, tokens=0, final_loss=math.nan)
-    model.to(resolve_device(cfg.llm))  # the forward passes on the GPU when there is one
+    model.to(resolve_device(cfg.llm.device))  # the forward passes on the GPU when there is one
     # the SID rows, and the end-of-turn row: after <|sid_end|> (a token the trunk has never read)
     # the frozen trunk does not predict the end of the turn, and only that row can learn it here
     rows = list(dict.fromkeys(vocab.sid_token_ids(tok, table.scheme) + chat.end_token_ids(tok, model)))
@@ -461,7 +456,7 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
 
     out = Path(out or stages.FINETUNE.dir(cfg.profile, create=True))
     ft = cfg.finetune
-    device = resolve_device(cfg.llm)
+    device = resolve_device(cfg.llm.device)
     attn = resolve_attn(ft, device)
     main_proc = PartialState().is_main_process
     set_seed(cfg.seed)

@@ -1,14 +1,9 @@
 """Constrained beam search for SID generative retrieval (TIGER / NVIDIA SID-GR style).
 
-Two parts:
+The prefix trie of the existing items' code tuples is `sidlib.sids.CodeTrie` (dense per-level
+transition tables: a batch of beams' masks is one gather). Here:
 
-* `CodeTrie`: the prefix trie of the existing items' code tuples as dense tensors, one
-  transition table per level: `child[l][p, c]` is the index of the level-(l+1) prefix reached
-  from level-l prefix `p` by code `c` (-1: no item has that prefix); on the last level it is
-  the item id. Masks for a whole batch of beams are one gather (`child[l][p] >= 0`), no
-  Python loop over the vocabulary. The tables are int32 and dense: sum_l P_l * K_l entries
-  (P_l = number of distinct prefixes of length l), e.g. 4,344 items x (16,16,16,K_dedup)
-  -> a few hundred KB; 1M items x 3 x 256 (+ a dedup level) -> a few hundred MB at worst.
+* `Exclusion`: per-user banned items (e.g. each user's history) for the search.
 * `beam_search`: exactly L+1 steps (one per code level), beam width B, accumulated
   log-probs, batched over users, constrained by the trie. When B exceeds the number of
   valid continuations all of them are kept (the beam is trimmed to the largest number of
@@ -38,115 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from sidlib.sids import CodeTrie, SidError
+
 CACHE_MODES = ("shared", "expand", "none")
-
-
-class TrieError(ValueError):
-    """Codes that cannot form a prefix trie of items (duplicates, out of range)."""
-
-
-class CodeTrie:
-    """Prefix trie over the item code tuples, as dense per-level transition tables.
-
-    codes: [n_items, n_levels] ints, row i = the code tuple of item i (item id = row index).
-    sizes: codebook size per level (default: max code + 1 per level).
-    """
-
-    def __init__(self, codes: np.ndarray | torch.Tensor, sizes: Sequence[int] | None = None):
-        codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[0] == 0 or codes.shape[1] == 0:
-            raise TrieError(f"codes must be a non-empty [n_items, n_levels] array, got shape {codes.shape}")
-        codes = codes.astype(np.int64)
-        n, d = codes.shape
-        if sizes is None:
-            sizes = (codes.max(axis=0) + 1).tolist()
-        sizes = [int(k) for k in sizes]
-        if len(sizes) != d:
-            raise TrieError(f"{d} code levels but {len(sizes)} codebook sizes")
-        if (codes < 0).any() or (codes >= np.asarray(sizes)[None, :]).any():
-            bad = np.argwhere((codes < 0) | (codes >= np.asarray(sizes)[None, :]))[0]
-            raise TrieError(f"code out of range: item {bad[0]} level {bad[1]} = {codes[bad[0], bad[1]]} (size {sizes[bad[1]]})")
-        self.n_items, self.n_levels, self.sizes = n, d, sizes
-        # prefix ids per level: pid[l][i] = index of codes[i, :l] among the distinct length-l prefixes
-        pids = [np.zeros(n, dtype=np.int64)]
-        for l in range(1, d + 1):
-            _, inv = np.unique(codes[:, :l], axis=0, return_inverse=True)
-            pids.append(inv.reshape(-1))
-        n_full = int(pids[d].max()) + 1
-        if n_full != n:
-            _, first, counts = np.unique(pids[d], return_index=True, return_counts=True)
-            dup = int(first[counts > 1][0])
-            raise TrieError(f"{n - n_full} items share their full code tuple with another item (e.g. item {dup}: {codes[dup].tolist()})")
-        self.n_prefixes = [int(p.max()) + 1 for p in pids]  # P_0 = 1, ..., P_d = n_items
-        child = []
-        for l in range(d):
-            table = np.full((self.n_prefixes[l], sizes[l]), -1, dtype=np.int32)
-            table[pids[l], codes[:, l]] = np.arange(n) if l == d - 1 else pids[l + 1]
-            child.append(torch.from_numpy(table))
-        self.child: list[torch.Tensor] = child
-        self.codes = torch.from_numpy(codes)
-        # for excluding items (a user's history) during the search: each item's prefix index at
-        # every level 1..d, as `step` numbers them (on the last level the item id itself), and
-        # how many items lie under each prefix (`under[d]` is all ones)
-        ids = pids[1:d] + [np.arange(n)]
-        self.item_prefix = torch.from_numpy(np.stack(ids, 1))  # [n_items, d]
-        self.under = [torch.tensor([n])] + [
-            torch.from_numpy(np.bincount(p, minlength=self.n_prefixes[l + 1]).astype(np.int64)) for l, p in enumerate(ids)]
-
-    # ---- device -------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.child[0].device
-
-    def to(self, device: torch.device | str) -> "CodeTrie":
-        device = torch.device(device)
-        if self.device != device:
-            self.child = [t.to(device) for t in self.child]
-            self.codes = self.codes.to(device)
-            self.item_prefix = self.item_prefix.to(device)
-            self.under = [t.to(device) for t in self.under]
-        return self
-
-    def exclusion(self, exclude: Sequence[Sequence[int]]) -> "Exclusion":
-        """Per-user banned items (e.g. each user's history) for `beam_search(..., exclude=)`."""
-        return Exclusion(self, exclude)
-
-    # ---- vectorised lookups ---------------------------------------------------------------
-    def allowed_mask(self, level: int, prefix_ids: torch.Tensor) -> torch.Tensor:
-        """[...] prefix indices at `level` (-1 = dead) -> [..., K_level] bool: valid next codes."""
-        nxt = self.child[level][prefix_ids.clamp(min=0)]
-        return (nxt >= 0) & (prefix_ids >= 0).unsqueeze(-1)
-
-    def step(self, level: int, prefix_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Next prefix index (item id on the last level) for each (prefix, code); -1 if none."""
-        nxt = self.child[level][prefix_ids.clamp(min=0), codes].long()
-        return torch.where(prefix_ids >= 0, nxt, torch.full_like(nxt, -1))
-
-    # ---- Python conveniences (tests, demos) ------------------------------------------------
-    def _walk(self, prefix: Sequence[int]) -> int:
-        p = 0
-        for l, c in enumerate(prefix):
-            if l >= self.n_levels or not 0 <= int(c) < self.sizes[l]:
-                return -1
-            p = int(self.child[l][p, int(c)])
-            if p < 0:
-                return -1
-        return p
-
-    def allowed(self, prefix: Sequence[int]) -> list[int]:
-        """Codes that extend `prefix` towards an existing item ([] for a full or unknown prefix)."""
-        if len(prefix) >= self.n_levels:
-            return []
-        p = self._walk(prefix)
-        if p < 0:
-            return []
-        return torch.nonzero(self.child[len(prefix)][p] >= 0).flatten().tolist()
-
-    def is_item(self, codes: Sequence[int]) -> bool:
-        return len(codes) == self.n_levels and self._walk(codes) >= 0
-
-    def item_of(self, codes: Sequence[int]) -> int | None:
-        return self._walk(codes) if self.is_item(codes) else None
 
 
 class Exclusion:
@@ -167,7 +56,7 @@ class Exclusion:
         items = np.concatenate([np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude] + [np.zeros(0, np.int64)])
         if len(items) and (items.min() < 0 or items.max() >= trie.n_items):
             bad = items[(items < 0) | (items >= trie.n_items)][0]
-            raise TrieError(f"excluded item id {int(bad)} is not in the trie (ids 0..{trie.n_items - 1})")
+            raise SidError(f"excluded item id {int(bad)} is not in the trie (ids 0..{trie.n_items - 1})")
         pair = np.unique(users * trie.n_items + items)  # a user's item counts once
         u = torch.from_numpy(pair // trie.n_items).to(dev)
         pre = trie.item_prefix[torch.from_numpy(pair % trie.n_items).to(dev)]  # [n, d]
@@ -231,7 +120,7 @@ def beam_search(
     for start in range(0, len(histories), batch_users):
         stop = start + batch_users
         trie.to(next(model.parameters()).device)
-        bans = trie.exclusion(exclude[start:stop]) if exclude is not None else None
+        bans = Exclusion(trie, exclude[start:stop]) if exclude is not None else None
         r = _beam_batch(model, histories[start:stop], trie, beam, cache, bans)
         items, scores = r.items, r.scores
         if items.shape[1] < topk:  # fewer beams than asked: pad

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from sidlib import metrics
 from sidlib.config import BaselineConfig
 from sidlib.models import train as train_utils
-from sidlib.models.beam import CACHE_MODES, BeamResult, CodeTrie, beam_search
+from sidlib.models.beam import CACHE_MODES, BeamResult, beam_search
+from sidlib.sids import CodeTrie
 from sidlib.split import sample_rows
 
 

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sidlib.config import TokenizerConfig
+from sidlib.device import resolve_device
 
 # --------------------------------------------------------------------------- gradient estimators
 
@@ -152,12 +153,6 @@ class RQVAE(nn.Module):
 # --------------------------------------------------------------------------- training helpers
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.no_grad()
 def kmeans_init(model: RQVAE, x: torch.Tensor, n_init: int, seed: int) -> None:
     """Codebook l = k-means centroids of the level-l residuals of x (encoder at its init)."""
@@ -232,7 +227,7 @@ def fit(emb: np.ndarray, cfg: TokenizerConfig, seed: int = 0, progress: bool = T
     try:
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        device = resolve_device(cfg.device)
+        device = torch.device(resolve_device(cfg.device))
         x_all = torch.as_tensor(np.asarray(emb, dtype=np.float32), device=device)
         n, d = x_all.shape
         model = build(d, cfg).to(device)
@@ -350,4 +345,4 @@ def load(path: Path | str, device: str = "cpu") -> tuple[RQVAE, TokenizerConfig]
     model.load_state_dict(blob["state_dict"])
     known = {f.name for f in dataclasses.fields(TokenizerConfig)}
     cfg = TokenizerConfig(**{k: v for k, v in json.loads(blob["config"]).items() if k in known})
-    return model.to(resolve_device(device)).eval(), cfg
+    return model.to(torch.device(resolve_device(device))).eval(), cfg
