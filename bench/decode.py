@@ -29,13 +29,13 @@ import pandas as pd
 import torch
 
 from sidlib import config, paths, stages
-from sidlib.llm import eval as E
+from sidlib.llm import finetuned, generate
 from sidlib.llm import sft_data
 from sidlib.llm.decode import ReplyOnly
 from sidlib.sids import SID_END, SID_START
 
 
-def sid_prompts(cfg: config.Config, dec: E.Decoder, n: int) -> list[list[int]]:
+def sid_prompts(cfg: config.Config, dec: generate.Decoder, n: int) -> list[list[int]]:
     """Prompt ids of up to n 06 valid conversations whose answer is a SID, over every SID task."""
     _train, valid = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
     sid_rows = valid[valid["messages"].map(lambda m: SID_START in m[-1]["content"])]
@@ -59,7 +59,7 @@ MODES: dict[str, dict[str, Any]] = {
 
 
 @torch.no_grad()
-def run_mode(dec: E.Decoder, groups: list[list[list[int]]], mode: str, constrained: bool, new_tokens: int,
+def run_mode(dec: generate.Decoder, groups: list[list[list[int]]], mode: str, constrained: bool, new_tokens: int,
              beams: int, seed: int) -> dict[str, Any]:
     kw = dict(MODES[mode])
     if mode == "beam":
@@ -69,7 +69,7 @@ def run_mode(dec: E.Decoder, groups: list[list[list[int]]], mode: str, constrain
     seconds = 0.0
     sequences = 0
     for batch in groups:
-        ids, mask = E.left_pad(batch, dec.pad_id)
+        ids, mask = generate.left_pad(batch, dec.pad_id)
         procs = [ReplyOnly(dec.constraint, ids.shape[1])] if constrained else None
         t0 = time.perf_counter()
         out = dec.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -89,7 +89,7 @@ def run_mode(dec: E.Decoder, groups: list[list[list[int]]], mode: str, constrain
             "valid_sid_rate": valid_blocks / blocks if blocks else float("nan")}
 
 
-def processor_us(dec: E.Decoder, rows: int, reps: int = 200) -> dict[str, float]:
+def processor_us(dec: generate.Decoder, rows: int, reps: int = 200) -> dict[str, float]:
     """The processor alone on `rows` rows that sit inside a SID block at each depth."""
     start = dec.start_id
     codes = dec.table.codes[:rows]
@@ -123,8 +123,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config.load(args.profile, config.parse_overrides(args.overrides))
-    model, tok, table, where = E.load_finetuned(cfg, args.model_dir)
-    dec = E.Decoder(model, tok, table, cfg.llm)
+    model, tok, table, where = finetuned.load_finetuned(cfg, args.model_dir)
+    dec = generate.Decoder(model, tok, table, cfg.llm)
     prompts = sid_prompts(cfg, dec, args.prompts)
     groups = batches(prompts, args.batch_size)
     run_mode(dec, groups[:1], "greedy", True, 2, args.beams, cfg.seed)  # warm-up (allocations, trie to device)

@@ -39,7 +39,7 @@ from sidlib import split as splitlib
 from sidlib.data.prep import Prepared
 from sidlib.device import resolve_device
 from sidlib.llm import eval as ev
-from sidlib.llm import base, sft_data, train
+from sidlib.llm import base, generate, sft_data, train
 from sidlib.models.train import set_seed
 from sidlib.sids import SidTable
 
@@ -68,7 +68,7 @@ class Curve:
         attn = model.config._attn_implementation
         if attn != "sdpa":
             model.set_attn_implementation("sdpa")
-        dec = ev.Decoder(model, tok, self.table, self.cfg.llm)
+        dec = generate.Decoder(model, tok, self.table, self.cfg.llm)
         tasks, detail = ev.task_accuracy(model, tok, self.table, self.valid, self.cfg, per_task=0, progress=False,
                                          decoder=dec)
         sid = detail[detail["kind"] == "sid"]

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from sidlib import config, runner, stages, summary
-from sidlib.llm import base, demo, vocab
+from sidlib.llm import base, chat, decode, demo, generate, vocab
 from sidlib.llm import eval as ev
 from sidlib.sids import SID_END, SID_START, SidScheme, SidTable
 
@@ -74,7 +74,7 @@ def scripted(tok, binary_table):
     prefs[tok.convert_tokens_to_ids(SID_START)] = 20.0
     for level, w in enumerate([8.0, 4.0, 2.0, 1.0]):
         prefs[tok.convert_tokens_to_ids(binary_table.scheme.token(level, 0))] = w
-    eos = ev.end_token_ids(tok)[0]
+    eos = chat.end_token_ids(tok)[0]
     return ScriptedLM(prefs, tok.convert_tokens_to_ids(SID_END), eos)
 
 
@@ -133,12 +133,12 @@ def test_task_accuracy_reproduces_hand_computed_values(cfg, tok, binary_table, s
 
 def test_constraint_sees_only_the_reply(tok, binary_table):
     """prefix_to_category prompts hold an open SID prefix: the constraint must not close it."""
-    constraint = ev.SidConstraint(tok, binary_table)
+    constraint = decode.SidConstraint(tok, binary_table)
     prompt = tok(f"Items under {SID_START}{binary_table.scheme.token(0, 1)} are? Answer:",
                  add_special_tokens=False)["input_ids"]
     x, scores = torch.tensor([prompt]), torch.randn(1, len(tok))
     assert torch.isfinite(constraint(x, scores.clone())).sum() == 1  # the raw view: only <|sid_end|>
-    reply_view = ev.ReplyOnly(constraint, len(prompt))(x, scores.clone())
+    reply_view = decode.ReplyOnly(constraint, len(prompt))(x, scores.clone())
     # the reply view: no block open, so free text keeps its scores; only the tokens that belong
     # inside a block (codes, <|sid_end|>) are withheld
     free = torch.ones(len(tok), dtype=torch.bool)
@@ -188,16 +188,16 @@ def test_recommender_returns_existing_items_ranked_like_transformers(cfg, small_
     # one history at a time (no padding) gives the same lists: left padding is invisible
     assert np.array_equal(ev.recommend_topk(random_lm, tok, small_table, histories[1:2], cfg, k=10), got[1:2])
     # transformers' beam search with the SidConstraint ranks the same items in the same order
-    dec = ev.Decoder(random_lm, tok, small_table, cfg.llm)
-    prompts = [dec.prompt(ev.rec_messages(h, small_table, cfg)) for h in histories]
+    dec = generate.Decoder(random_lm, tok, small_table, cfg.llm)
+    prompts = [dec.prompt(generate.rec_messages(h, small_table, cfg)) for h in histories]
     assert len({len(p) for p in prompts}) == 4  # the batch is left-padded
     mine = dec.beam(dec.prefill(prompts), range(4), 10)
     assert np.array_equal(mine.items.numpy(), got)
     for h, row, scores in zip(histories, got, mine.scores):
-        ids = dec.prompt(ev.rec_messages(h, small_table, cfg)) + [dec.start_id]
+        ids = dec.prompt(generate.rec_messages(h, small_table, cfg)) + [dec.start_id]
         out = random_lm.generate(torch.tensor([ids]), max_new_tokens=small_table.scheme.levels, num_beams=10,
                                  num_return_sequences=10, do_sample=False, length_penalty=0.0,
-                                 logits_processor=[ev.ReplyOnly(dec.constraint, len(ids))],
+                                 logits_processor=[decode.ReplyOnly(dec.constraint, len(ids))],
                                  return_dict_in_generate=True, output_scores=True,
                                  pad_token_id=dec.pad_id, eos_token_id=dec.ends)
         theirs = [small_table.trie().item_of([int(dec.constraint.code_of[t]) for t in seq[len(ids):]])
@@ -280,7 +280,7 @@ def test_reply_rules_hold_the_end_and_open_a_block(small_table, small_tok):
 
     start = small_tok.convert_tokens_to_ids(SID_START)
     end = small_tok.convert_tokens_to_ids(SID_END)
-    eos = ev.end_token_ids(small_tok)
+    eos = chat.end_token_ids(small_tok)
     blank = blank_tokens(small_tok)
     word = small_tok("Hello", add_special_tokens=False)["input_ids"][0]
     space = small_tok(" ", add_special_tokens=False)["input_ids"][0]

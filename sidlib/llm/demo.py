@@ -28,7 +28,9 @@ import torch
 from ..config import Config
 from ..sids import REC, SidTable
 from .decode import ReplyOnly, ReplyRules, blank_tokens, render
-from .eval import Decoder, load_finetuned, rec_messages
+from .finetuned import load_finetuned
+from .generate import Decoder, rec_messages
+from .sft_data import templates_of, words_for
 
 
 @dataclass
@@ -139,8 +141,6 @@ class Chat:
 
 def sft_question(task: str, cfg: Config, template: int = 0, **fields: Any) -> str:
     """The user turn of one of 06's phrasings, e.g. sft_question("sid_to_title", cfg, sid=...)."""
-    from .sft_data import templates_of, words_for
-
     w = words_for(cfg.data.source, cfg.sft.item_noun)
     user_t, _answer = templates_of(task)[template]
     return user_t.format(noun=w.noun, nouns=w.nouns, verb=w.verb, verb_ing=w.verb_ing, people=w.people, rec=REC,
@@ -154,8 +154,6 @@ def history_prompt(history: Sequence[int], table: SidTable, cfg: Config) -> str:
 
 def preference_prompt(labels: Sequence[str], cfg: Config) -> str:
     """A rec_steering request: "I like Comedy and Drama movies. <|rec|>"."""
-    from .sft_data import words_for
-
     nouns = words_for(cfg.data.source, cfg.sft.item_noun).nouns
     return f"I like {' and '.join(labels)} {nouns}. {REC}"
 

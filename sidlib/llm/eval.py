@@ -17,25 +17,14 @@ What is measured (notebooks/09-eval.ipynb shows it):
   scored by `sidlib.metrics.evaluate_topk` (both slices) — and the same for the base model with
   the SID tokens added but untrained (`eval.floor`), the floor every number should clear.
 
-Decoding choices, and why:
-
-- A SID answer is scored with `<|sid_start|>` already placed after the prompt (every SID answer of
-  06 starts with it), then exactly L code tokens under the item trie: the codes measure what the
-  model knows about the item. Whether it *chooses* to answer with a SID is what the free replies
-  (valid-SID rate) measure.
-- One prefill per batch of prompts serves every pass (greedy, beams, free replies): its KV cache
-  is copied per pass. The prompt dominates the cost on a CPU, and `generate`'s beam search would
-  also prefill every beam separately.
-- Beams are `sidlib.models.beam.beam_search` (SID-GR's search, "expand" cache mode) over the LM's
-  logits: a SID's score is the sum of its code tokens' log-probabilities under the whole
-  vocabulary, the quantity transformers' constrained beam search ranks by.
-- The SidConstraint sees only the reply (plus the last prompt token): a prompt may itself hold an
-  open SID prefix (prefix_to_category asks about `<|sid_start|><|sid_3|>`), which the constraint
-  would otherwise take for an unfinished block and close.
+How it decodes (one prefill per batch, beams over the LM's logits, the constraint on the reply
+only): sidlib.llm.generate. A SID answer is scored with `<|sid_start|>` already placed after the
+prompt (every SID answer of 06 starts with it), then exactly L code tokens under the item trie:
+the codes measure what the model knows about the item. Whether it *chooses* to answer with a SID
+is what the free replies (valid-SID rate) measure.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -48,18 +37,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
+from tqdm import tqdm
 
-from .. import metrics, paths, plots, stages, summary
-from ..baselines import load_ranks
+from .. import config as config_mod
+from .. import metrics, plots, stages, summary
 from .. import split as splitlib
-from ..config import Config, LLMConfig
+from ..baselines import load_ranks
+from ..config import Config
+from ..data.prep import Prepared
 from ..device import resolve_device
-from ..models.beam import BeamResult, beam_search
-from ..sids import REC, SID_START, CodeTrie, SidTable
-from . import base, chat, vocab
-from .chat import end_token_ids
-from .decode import ReplyOnly, SidConstraint  # noqa: F401  (ReplyOnly: also reached as eval.ReplyOnly)
+from ..sids import SidTable
+from . import sft_data
+from .finetuned import load_finetuned
+from .generate import Decoder
+from .train import prepare_model
 
 log = logging.getLogger("sidlib.llm.eval")
 
@@ -137,245 +128,6 @@ def token_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-# --------------------------------------------------------------------------- decoding primitives
-
-
-@dataclass
-class Prefilled:
-    """A batch of prompts run through the model: KV cache, attention mask, positions and the
-    next-token logits. `step` grows the cache in place, so branch with `select` first."""
-
-    cache: Any
-    mask: torch.Tensor  # [B, T] 1 = a real token (prompts are left-padded)
-    pos: torch.Tensor  # [B] position id of the last token fed
-    logits: torch.Tensor  # [B, V] float32 next-token logits
-    last: torch.Tensor  # [B] the last token fed (where the constraint's view of a reply starts)
-
-    def select(self, rows: torch.Tensor) -> Prefilled:
-        """A private copy holding `rows` (repeats allowed): passes never write into each other."""
-        rows = rows.to(self.mask.device)
-        return Prefilled(_select_cache(self.cache, rows), self.mask[rows], self.pos[rows], self.logits[rows],
-                         self.last[rows])
-
-
-def _select_cache(cache: Any, rows: torch.Tensor) -> Any:
-    """Rows of a transformers cache as a new cache object; the original is untouched (the
-    layers' index_select makes new tensors, only the shallow layer copies are shared)."""
-    if hasattr(cache, "layers"):
-        new = copy.copy(cache)
-        new.layers = [copy.copy(layer) for layer in cache.layers]
-    else:  # older cache classes
-        new = copy.deepcopy(cache)
-    new.reorder_cache(rows)
-    return new
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) [B, T] with every prompt ending at the right edge, where generation goes on."""
-    n = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), n), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, n - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, n - len(p):] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> Prefilled:
-    """Left-pad the prompts (generation continues at the right edge of every row) and run them."""
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(1) - 1).clamp(min=0)  # padding does not shift a prompt's positions
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return Prefilled(out.past_key_values, mask, pos[:, -1], out.logits[:, -1].float(), ids[:, -1])
-
-
-@torch.no_grad()
-def step(model: Any, state: Prefilled, tokens: torch.Tensor) -> Prefilled:
-    """Feed one token per row; the cache grows in place."""
-    tokens = tokens.to(state.mask.device)
-    mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], 1)
-    pos = state.pos + 1
-    out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
-                past_key_values=state.cache, use_cache=True)
-    return Prefilled(out.past_key_values, mask, pos, out.logits[:, -1].float(), tokens)
-
-
-class _Rows:
-    """`beam_search` reads the batch size from `prompt.tokens`: here row indices of a prefill."""
-
-    def __init__(self, rows: Sequence[int], device: torch.device):
-        self.tokens = torch.as_tensor(list(rows), dtype=torch.long, device=device)
-
-
-class _BeamLM:
-    """The model protocol of `sidlib.models.beam.beam_search` ("expand" cache mode) over a
-    prefilled LM batch: the search's prefill feeds <|sid_start|>, level l scores the level's
-    code tokens, each decode step feeds the chosen code token."""
-
-    def __init__(self, model: Any, state: Prefilled, start_id: int, level_ids: list[torch.Tensor]):
-        self.model, self.state, self.start_id, self.level_ids = model, state, start_id, level_ids
-        self.n_levels = len(level_ids)
-
-    def parameters(self):  # noqa: ANN201 - beam_search reads the device from here
-        return self.model.parameters()
-
-    def build_prompt(self, rows: Sequence[int]) -> _Rows:
-        return _Rows(rows, self.state.mask.device)
-
-    def prefill(self, prompt: _Rows) -> tuple[torch.Tensor, Prefilled]:
-        st = self.state.select(prompt.tokens)
-        st = step(self.model, st, torch.full((len(prompt.tokens),), self.start_id, dtype=torch.long))
-        return st.logits, st
-
-    def level_logprobs(self, logits: torch.Tensor, level: int) -> torch.Tensor:
-        ids = self.level_ids[level].to(logits.device)
-        return logits.float().log_softmax(-1)[..., ids]
-
-    def decode_flat(self, codes: torch.Tensor, level: int, st: Prefilled) -> tuple[torch.Tensor, Prefilled]:
-        st = step(self.model, st, self.level_ids[level].to(codes.device)[codes])
-        return st.logits, st
-
-    @staticmethod
-    def reindex_flat_cache(st: Prefilled, idx: torch.Tensor) -> Prefilled:
-        st.cache.reorder_cache(idx)  # in place: the search drops the old beams
-        return Prefilled(st.cache, st.mask[idx], st.pos[idx], st.logits[idx], st.last[idx])
-
-
-class Decoder:
-    """A causal LM, its tokenizer (with the SID tokens) and the SID table, with what decoding
-    needs precomputed: prompts, prefill, greedy replies with or without the constraint, SID beams."""
-
-    def __init__(self, model: Any, tok: Any, table: SidTable, llm: LLMConfig):
-        if not np.array_equal(table.item_ids, np.arange(len(table))):
-            raise ValueError("evaluation needs the dense item ids 0..N-1 of the 05-sids table")
-        self.model, self.tok, self.table, self.llm = model.eval(), tok, table, llm
-        scheme = table.scheme
-        ids = vocab.sid_token_ids(tok, scheme)
-        code_ids = torch.tensor(ids[: scheme.num_code_tokens], dtype=torch.long)
-        self.level_ids = [code_ids[o: o + k] for o, k in zip(scheme.offsets, scheme.codebook_sizes)]
-        self.start_id = int(tok.convert_tokens_to_ids(SID_START))
-        self.trie = CodeTrie(table.codes, scheme.codebook_sizes)
-        self.constraint = SidConstraint(tok, table)
-        self.ends = end_token_ids(tok, model)
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.ends[0]
-        model.config.use_cache = True  # 08 trains without the cache; generation needs it
-
-    def prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        return chat.prompt_ids(self.tok, messages, self.llm)
-
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> Prefilled:
-        return prefill(self.model, prompts, self.pad_id)
-
-    @torch.no_grad()
-    def greedy(self, state: Prefilled, rows: Sequence[int], max_new: int,
-               constrained: bool | Sequence[bool]) -> list[str]:
-        """Free greedy replies of some rows of a prefill (on a copy), end-of-turn stripped.
-
-        `constrained` per row (or for all): one batch can hold the same prompt with and without
-        the SidConstraint, so both replies cost one pass of decoding steps."""
-        rows = list(rows)
-        flags = [constrained] * len(rows) if isinstance(constrained, bool) else list(constrained)
-        if len(flags) != len(rows):
-            raise ValueError(f"{len(flags)} constrained flags for {len(rows)} rows")
-        st = state.select(torch.as_tensor(rows, dtype=torch.long))
-        seen = st.last[:, None]  # the constraint's view: last prompt token + the reply
-        con = torch.as_tensor(flags, dtype=torch.bool, device=seen.device)
-        ends = torch.tensor(self.ends, device=seen.device)
-        done = torch.zeros(len(seen), dtype=torch.bool, device=seen.device)
-        for t in range(max_new):
-            scores = st.logits
-            if bool(con.any()):
-                scores = scores.clone()
-                scores[con] = self.constraint(seen[con], scores[con])
-            nxt = torch.where(done, ends[0], scores.argmax(-1))
-            seen = torch.cat([seen, nxt[:, None]], 1)
-            done |= torch.isin(nxt, ends)
-            if bool(done.all()) or t == max_new - 1:
-                break
-            st = step(self.model, st, nxt)
-        return [self.reply_text(row[1:].tolist()) for row in seen]
-
-    def reply_text(self, ids: Sequence[int]) -> str:
-        """Generated ids -> text up to the first end-of-turn token. SID tokens are special tokens:
-        keep them (skip_special_tokens=False)."""
-        ids = list(ids)
-        cut = next((i for i, t in enumerate(ids) if t in self.ends), len(ids))
-        return self.tok.decode(ids[:cut], skip_special_tokens=False).strip()
-
-    def beam(self, state: Prefilled, rows: Sequence[int], k: int,
-             exclude: Sequence[Sequence[int]] | None = None) -> BeamResult:
-        """Top-k existing items for some rows of a prefill, by constrained beam search after
-        <|sid_start|> (k = 1 is greedy under the trie). items [rows, k] (-1 padding), descending.
-        exclude: per row, items the beams must not produce (the SID-GR search's bans)."""
-        lm = _BeamLM(self.model, state, self.start_id, self.level_ids)
-        rows = list(rows)
-        return beam_search(lm, rows, self.trie, beam=k, topk=k, cache="expand", batch_users=max(len(rows), 1),
-                           exclude=exclude)
-
-    def codes_in(self, text: str) -> list[list[int] | None]:
-        """Codes of every SID block of a reply (None: malformed)."""
-        return [codes for _span, codes in self.table.scheme.find_all(text)]
-
-    def wellformed(self, text: str) -> bool:
-        """At least one SID block, and every block one code of each level, in order, closed
-        (whether it names an item is `valid`)."""
-        found = self.codes_in(text)
-        return bool(found) and all(c is not None for c in found)
-
-    def valid(self, text: str) -> bool:
-        """At least one SID, and every SID names an existing item."""
-        found = self.codes_in(text)
-        return bool(found) and all(c is not None and self.trie.is_item(c) for c in found)
-
-    def first_item_codes(self, text: str) -> list[int] | None:
-        found = self.codes_in(text)
-        return found[0] if found and found[0] is not None else None
-
-    # -- the recommender
-    def recommend(self, histories: Sequence[Sequence[int]], cfg: Config, k: int, batch_size: int | None = None,
-                  progress: bool = False, exclude_history: bool = False) -> np.ndarray:
-        """[B, k] item ids per history, best first (-1 padding), by constrained beam search on
-        06's sequential prompt. Prompts are batched by length (less padding). exclude_history:
-        the beams never produce an item of the user's (whole) history, as SID-GR's."""
-        from tqdm import tqdm
-
-        prompts = [self.prompt(rec_messages(h, self.table, cfg)) for h in histories]
-        out = np.full((len(prompts), k), -1, dtype=np.int64)
-        bs = batch_size or cfg.eval.batch_size
-        order = np.argsort([len(p) for p in prompts], kind="stable")
-        batches = [order[a: a + bs] for a in range(0, len(order), bs)]
-        for idx in tqdm(batches, desc="09 recommend", disable=not progress, mininterval=5.0):
-            st = self.prefill([prompts[i] for i in idx])
-            bans = [histories[i] for i in idx] if exclude_history else None
-            out[idx] = self.beam(st, range(len(idx)), k, exclude=bans).items.cpu().numpy()
-        return out
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-def rec_messages(history: Sequence[int], table: SidTable, cfg: Config) -> list[dict[str, str]]:
-    """The recommender prompt: 06's `seq_last_N` question (its first phrasing, N = the longest of
-    sft.seq_lengths) on the last N history items, after the same system prompt, so the model sees
-    a prompt like its training data."""
-    from . import sft_data
-
-    n = max(cfg.sft.seq_lengths)
-    shown = [int(i) for i in history][-n:]
-    if not shown:
-        raise ValueError("the recommender needs at least one history item")
-    words = sft_data.words_for(cfg.data.source, cfg.sft.item_noun)
-    user_t, _answer = sft_data.templates_of(sft_data.seq_task(n))[0]
-    text = user_t.format(noun=words.noun, nouns=words.nouns, verb=words.verb, verb_ing=words.verb_ing,
-                         people=words.people, rec=REC, n=len(shown),
-                         history=", ".join(table.sid_of(i) for i in shown))
-    system = [{"role": "system", "content": cfg.sft.system_prompt}] if cfg.sft.system_prompt else []
-    return system + [{"role": "user", "content": text}]
-
-
 # --------------------------------------------------------------------------- per task
 
 
@@ -408,8 +160,6 @@ def task_accuracy(model: Any, tok: Any, table: SidTable, valid_df: pd.DataFrame,
 
     The reference is the conversation's last (assistant) message; a reference with SIDs makes a
     SID task (its SIDs are the acceptable answers), one without a text task."""
-    from tqdm import tqdm
-
     dec = decoder or Decoder(model, tok, table, cfg.llm)
     per_task = cfg.eval.per_task if per_task is None else per_task
     beam = cfg.eval.beam if beam is None else beam
@@ -585,61 +335,9 @@ def comparison_table(baselines: Mapping[str, Mapping[str, Any]], llms: Mapping[s
 
 
 # --------------------------------------------------------------------------- models
-
-
-def model_folder(cfg: Config, model_dir: str = "") -> str:
-    """The fine-tuned model to evaluate: `model_dir`, else eval.model_dir, else this profile's
-    08 output. An error names the missing folder and the stage that makes it."""
-    where = model_dir or cfg.eval.model_dir
-    if where:
-        p = paths.resolve_data_path(where)
-        if p.exists():
-            return str(p)
-        if where.startswith(("/", ".", "~", "shared:")) or where.count("/") != 1:
-            raise FileNotFoundError(f"no model folder at {p} (eval.model_dir / model_dir: an HF folder or a "
-                                    "hub id such as owner/name)")
-        return where  # owner/name: a hub id
-    folder = stages.FINETUNE.dir(cfg.profile) / "model"
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"no fine-tuned model at {folder}: run 08-finetune "
-                                f"(python -m sidlib run --profile {cfg.profile} --stages 08)")
-    return str(folder)
-
-
-def sid_table_for(where: str, cfg: Config) -> SidTable:
-    """The SID table that travels with a model (08 saves it beside the weights); a model without
-    one (a hub id, another trainer's folder) uses this profile's 05-sids table."""
-    folder = Path(where)
-    if not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(where, allow_patterns=list(SidTable.FILES.values())))
-        except Exception as e:  # noqa: BLE001 - offline or not on the hub: fall back below
-            log.info("no SID table downloadable for %s (%s)", where, e)
-    if all((folder / f).exists() for f in SidTable.FILES.values()):
-        return SidTable.load(folder)
-    sid_dir = stages.SIDS.dir(cfg.profile)
-    log.warning("%s has no SID table: using %s", where, sid_dir)
-    return SidTable.load(sid_dir)
-
-
-def load_finetuned(cfg: Config, model_dir: str = "") -> tuple[Any, Any, SidTable, str]:
-    """(model, tokenizer, SID table, where it came from) of the fine-tuned model."""
-    where = model_folder(cfg, model_dir)
-    device = resolve_device(cfg.llm.device)
-    tok = base.load_tokenizer(cfg.llm, source=where)
-    model = base.load_model(cfg.llm, source=where, device=device, attn="sdpa").eval()
-    table = sid_table_for(where, cfg)
-    vocab.sid_token_ids(tok, table.scheme)  # a model without the SID tokens fails here, named
-    return model, tok, table, where
-
-
 def load_floor(cfg: Config, table: SidTable) -> tuple[Any, Any]:
     """The base model before fine-tuning: SID tokens added and initialised as 08 does
     (finetune.init), no training step — what the SID vocabulary alone gives."""
-    from .train import prepare_model
-
     device = resolve_device(cfg.llm.device)
     model, tok, _info = prepare_model(cfg, table, "cpu", "sdpa")
     return model.to(device).eval(), tok
@@ -678,9 +376,6 @@ def plot_tasks(tasks: pd.DataFrame, levels: int, beam: int, path: Path) -> Path:
 def run(cfg: Config, model_dir: str = "", progress: bool = True) -> EvalOutputs:
     """Stage 09 of a profile (notebook 09 and the CLI): read 01, 05, 06, 07's summary and the 08
     model, measure, write tasks.csv, predictions.jsonl, comparison.csv, eval_report.json, plots."""
-    from ..data.prep import Prepared
-    from . import sft_data
-
     t0 = time.perf_counter()
     out = stages.EVAL.dir(cfg.profile, create=True)
     split = Prepared.load(stages.PREP.dir(cfg.profile)).split
@@ -735,8 +430,6 @@ def run(cfg: Config, model_dir: str = "", progress: bool = True) -> EvalOutputs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .. import config as config_mod
-
     ap = config_mod.cli_parser("python -m sidlib.llm.eval", __doc__.split("\n")[0])
     ap.add_argument("--model-dir", default="", help="an HF folder or hub id (default: the profile's 08 model)")
     args = ap.parse_args(argv)
