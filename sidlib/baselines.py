@@ -26,10 +26,12 @@ import numpy as np
 import pandas as pd
 
 from . import config as config_mod
-from . import metrics, stages, summary
+from . import metrics, plots, stages, summary
 from . import split as S
 from .config import BaselineConfig, Config
-from .models import train
+from .data.prep import Prepared
+from .models import sasrec, sid_gr, sid_sasrec, train
+from .sids import SidTable
 
 MODELS = ("popularity", "sasrec", "sid_sasrec", "sid_gr")
 
@@ -79,8 +81,6 @@ def run_popularity(split: pd.DataFrame, n_items: int, cfg: BaselineConfig) -> di
 
 
 def run_sasrec(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log, sid: bool) -> dict[str, Any]:
-    from .models import sasrec, sid_sasrec
-
     ckpt = Path(out_dir) / ("ckpt_sid_sasrec" if sid else "ckpt_sasrec")
     if sid:
         _, rep = sid_sasrec.run(split, codes, cfg, ckpt_dir=ckpt, resume=resume, seed=seed, sizes=sizes, log=log)
@@ -95,8 +95,6 @@ def run_sasrec(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log, si
 
 
 def run_sid_gr(split, n_items, codes, sizes, cfg, out_dir, seed, resume, log) -> dict[str, Any]:
-    from .models import sid_gr
-
     gcfg = sid_gr.SidGRConfig.from_baseline(cfg, seed)
     model, rec = sid_gr.fit_split(split, codes, sizes, gcfg, ckpt_dir=Path(out_dir) / "ckpt_sid_gr",
                                   resume=resume, log=log or (lambda *_: None))
@@ -216,9 +214,6 @@ def table(reports: dict[str, dict[str, Any]], which: str = "test") -> pd.DataFra
 
 def load_inputs(cfg: Config) -> tuple[pd.DataFrame, np.ndarray, list[int]]:
     """(split of 01-prep, SID codes [n_items, L+1] and codebook sizes of 05-sids) of a profile."""
-    from .data.prep import Prepared
-    from .sids import SidTable
-
     prep_dir = stages.PREP.dir(cfg.profile)
     sid_dir = stages.SIDS.dir(cfg.profile)
     for d in (prep_dir, sid_dir):
@@ -249,8 +244,6 @@ def run_stage(cfg: Config, models: tuple[str, ...] = MODELS, resume: bool = True
     The notebook and `python -m sidlib.baselines` both call this. Under `accelerate launch`
     all processes train and only the main one evaluates and writes; the others return None.
     """
-    from . import plots
-
     split, codes, sizes = load_inputs(cfg)
     main = train.is_main_process()
     say = log if (log and main) else (lambda *_: None)

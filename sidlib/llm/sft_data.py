@@ -75,6 +75,7 @@ from ..data.prep import SEQUENCE_KIND, Prepared
 from ..data.schema import DataError
 from ..sids import REC, SID_START, SidTable
 from . import chat, vocab
+from .base import load_tokenizer
 
 log = logging.getLogger("sidlib.llm.sft_data")
 
@@ -1127,8 +1128,6 @@ class SftData:
 def tokenizer_for(cfg: Config, table: SidTable, check: int = 32) -> Any:
     """The base model's tokenizer with the SID tokens added (as 08 adds them), checked on `check`
     SIDs spread over the table: every SID must encode to exactly its own tokens."""
-    from .base import load_tokenizer
-
     tok = load_tokenizer(cfg.llm)
     vocab.add_sid_tokens(tok, table.scheme)
     sids = table.df["sid"].astype(str).tolist()

@@ -38,11 +38,13 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
+from .. import config as config_mod
 from .. import stages
 from ..config import Config, FinetuneConfig, LLMConfig
 from ..device import resolve_device
+from ..models.train import set_seed
 from ..sids import SidTable
-from . import base, chat, head, vocab
+from . import base, chat, head, sft_data, vocab
 
 log = logging.getLogger("sidlib.llm.train")
 
@@ -452,8 +454,6 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
     the model along the way)."""
     from accelerate import PartialState
 
-    from ..models.train import set_seed
-
     out = Path(out or stages.FINETUNE.dir(cfg.profile, create=True))
     ft = cfg.finetune
     device = resolve_device(cfg.llm.device)
@@ -549,16 +549,12 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
 
 def run(cfg: Config, resume: bool = True) -> dict[str, Any]:
     """What notebook 08 and the CLI both do: read 06 and 05, fine-tune, write the stage folder."""
-    from . import sft_data
-
     train, _valid = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
     table = SidTable.load(stages.SIDS.dir(cfg.profile))
     return finetune(cfg, train, table, resume=resume)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .. import config as config_mod
-
     ap = config_mod.cli_parser("python -m sidlib.llm.train", __doc__.split("\n")[0])
     ap.add_argument("--no-resume", action="store_true", help="start over instead of resuming from checkpoints")
     args = ap.parse_args(argv)

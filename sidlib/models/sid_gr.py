@@ -50,7 +50,7 @@ from sidlib.config import BaselineConfig
 from sidlib.models import train as train_utils
 from sidlib.models.beam import CACHE_MODES, BeamResult, beam_search
 from sidlib.sids import CodeTrie
-from sidlib.split import sample_rows
+from sidlib.split import sample_rows, samples, training_sequences
 
 
 @dataclass
@@ -621,8 +621,6 @@ def fit_split(split, codes: np.ndarray, sizes: Sequence[int] | None = None, cfg:
               ) -> tuple[SidGR, dict[str, Any]]:
     """Build, train (on the split's train prefixes, early stopping on its valid samples) and
     return the model and its training record. The model is on cfg.device."""
-    from sidlib.split import samples, training_sequences
-
     cfg = cfg or SidGRConfig()
     train_utils.set_seed(cfg.seed)
     model = SidGR(codes, sizes, cfg).to(train_utils.pick_device(cfg.device))

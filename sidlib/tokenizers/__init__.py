@@ -14,17 +14,19 @@ catalogue, embeddings that do not line up with the item table.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import pandas as pd
+import torch
 
 from sidlib import stages, summary
 from sidlib.config import Config, TokenizerConfig
 from sidlib.tokenizers import quality as q
+from sidlib.tokenizers import rqkmeans, rqvae
 
 METHODS = ("rqvae", "rqkmeans")
 
@@ -113,16 +115,11 @@ def fit_tokenizer(
     emb: np.ndarray, cfg: TokenizerConfig, method: str | None = None, seed: int = 0, progress: bool = True
 ) -> TokenizerResult:
     """Fit `method` (default cfg.method) on emb and return its codes and reconstruction."""
-    import time
-
     method = method or cfg.method
     check_config(cfg, method)
     emb = check_embeddings(emb, cfg.codebook_size)
     t0 = time.perf_counter()
-    if method == "rqvae":
-        from sidlib.tokenizers import rqvae as mod
-    else:
-        from sidlib.tokenizers import rqkmeans as mod
+    mod = rqvae if method == "rqvae" else rqkmeans
     model, history = mod.fit(emb, cfg, seed=seed, progress=progress)
     codes = mod.encode(model, emb)
     recon = mod.decode_codes(model, codes)
@@ -131,8 +128,6 @@ def fit_tokenizer(
 
 
 def _module(model: Any):
-    from sidlib.tokenizers import rqkmeans, rqvae
-
     if isinstance(model, rqvae.RQVAE):
         return rqvae
     if isinstance(model, rqkmeans.RQKMeans):
@@ -157,15 +152,9 @@ def save_tokenizer(model: Any, cfg: TokenizerConfig, path: Path | str) -> Path:
 
 def load_tokenizer(path: Path | str):
     """(model, cfg) from a file written by save_tokenizer (either method)."""
-    import torch
-
     blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     if blob.get("method") == "rqkmeans":
-        from sidlib.tokenizers import rqkmeans
-
         return rqkmeans.load(path)
-    from sidlib.tokenizers import rqvae
-
     return rqvae.load(path)
 
 
