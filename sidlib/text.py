@@ -78,6 +78,7 @@ __all__ = [
     "clean_title",
     "fix_lcrec_title",
     "fix_movielens_title",
+    "is_missing",
     "item_context",
     "make_llm_cleaner",
     "strip_html",
@@ -145,7 +146,8 @@ _DROP_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn"}
 # --------------------------------------------------------------------------- scalars
 
 
-def _is_missing(x: Any) -> bool:
+def is_missing(x: Any) -> bool:
+    """A missing cell: None, pd.NA, pd.NaT or a float NaN (an empty string is not missing)."""
     if x is None or x is pd.NA or x is pd.NaT:
         return True
     if isinstance(x, float) and math.isnan(x):
@@ -155,7 +157,7 @@ def _is_missing(x: Any) -> bool:
 
 def to_text(x: Any) -> str:
     """Any cell (None, NaN, pd.NA, str, list of paragraphs, array) -> str ("" when missing)."""
-    if _is_missing(x):
+    if is_missing(x):
         return ""
     if isinstance(x, str):
         return x
@@ -168,7 +170,7 @@ def to_text(x: Any) -> str:
 
 def to_list(x: Any) -> list[str]:
     """A list cell (list, array, JSON list string, single string, None/NaN) -> list[str]."""
-    if _is_missing(x):
+    if is_missing(x):
         return []
     if isinstance(x, str):
         s = x.strip()
@@ -176,7 +178,7 @@ def to_list(x: Any) -> list[str]:
             try:
                 v = json.loads(s)
                 if isinstance(v, list):
-                    return [to_text(t) for t in v if not _is_missing(t)]
+                    return [to_text(t) for t in v if not is_missing(t)]
             except json.JSONDecodeError:
                 pass
         return [x] if s else []
@@ -185,7 +187,7 @@ def to_list(x: Any) -> list[str]:
         for v in x:
             if isinstance(v, (list, tuple, np.ndarray)):
                 out.extend(to_list(v))
-            elif not _is_missing(v):
+            elif not is_missing(v):
                 out.append(to_text(v))
         return out
     return [to_text(x)]

@@ -27,6 +27,7 @@ import torch
 
 from ..config import Config
 from ..sids import REC, SidTable
+from ..text import is_missing
 from .decode import ReplyOnly, ReplyRules, blank_tokens, render
 from .finetuned import load_finetuned
 from .generate import Decoder, rec_messages
@@ -165,7 +166,7 @@ def top_labels(items: pd.DataFrame, history: Sequence[int], source: str, n: int 
     cats = items.set_index("item_id")["categories"]
     for i in history:
         c = cats.get(int(i))
-        if c is None or (isinstance(c, float) and np.isnan(c)):
+        if is_missing(c):
             continue
         c = [c] if isinstance(c, str) else [str(x) for x in c]
         counts.update(c if source == "movielens" else c[-1:])

@@ -74,6 +74,7 @@ from ..config import Config, SftDataConfig
 from ..data.prep import SEQUENCE_KIND, Prepared
 from ..data.schema import DataError
 from ..sids import REC, SID_START, SidTable
+from ..text import is_missing, to_text
 from . import chat, vocab
 from .base import load_tokenizer
 
@@ -285,15 +286,13 @@ ITEM_COLUMNS = ("item_id", "title", "description", "features", "categories", "br
 
 
 def _as_list(x: Any) -> list[str]:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """A list cell -> its non-blank entries as str ([] when missing). Not text.to_list: that one
+    also parses JSON-list strings and flattens nested lists, and keeps blank entries."""
+    if is_missing(x):
         return []
     if isinstance(x, str):
         return [x] if x.strip() else []
     return [str(v) for v in x if v is not None and str(v).strip()]
-
-
-def _as_text(x: Any) -> str:
-    return "" if x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x)) else str(x).strip()
 
 
 def check_inputs(inputs: Inputs, where: str = "inputs") -> None:
@@ -379,11 +378,11 @@ def make_catalog(inputs: Inputs, item_noun: str = "") -> Catalog:
     # MovieLens genres are parallel tags; Amazon categories are a path whose leaf says most
     labels = cats if inputs.source == "movielens" else [c[-1:] for c in cats]
     return Catalog(
-        titles=[_as_text(t) for t in items["title"]],
-        descriptions=[_as_text(d) for d in items["description"]],
+        titles=[to_text(t).strip() for t in items["title"]],
+        descriptions=[to_text(d).strip() for d in items["description"]],
         features=[_as_list(f) for f in items["features"]],
         categories=cats,
-        brands=[_as_text(b) for b in items["brand"]],
+        brands=[to_text(b).strip() for b in items["brand"]],
         labels=labels,
         sids=inputs.table.df["sid"].astype(str).tolist(),
         codes=inputs.table.codes,
