@@ -13,7 +13,7 @@ import pytest
 from sidlib import config, paths, runner, summary, text
 from sidlib.data import load_raw, prep
 from sidlib.data.schema import DataError
-from sidlib.llm import base, sft_data
+from sidlib.llm import base, chat, sft_data, tasks, vocab
 from sidlib.sids import TOKEN_RE, SidScheme, SidTable
 
 from conftest import text_codes
@@ -32,7 +32,7 @@ def tokenizer_folder() -> Path:
 
 def tokenizer(cfg: config.Config, table: SidTable, folder: Path):
     tok = base.load_tokenizer(cfg.llm, source=folder)
-    sft_data.vocab.add_sid_tokens(tok, table.scheme)
+    vocab.add_sid_tokens(tok, table.scheme)
     return tok
 
 
@@ -60,7 +60,7 @@ def gift(shared_data, tokenizer_folder):
     items, _ = text.clean_items(prepared.items, cfg.clean, source=cfg.data.source)
     codes, sizes = text_codes(items["item_context"].tolist(), k=8, dims=16, min_df=1)
     table = SidTable.build(codes, SidScheme(sizes), items["title"].tolist(), items["item_id"].tolist())
-    inputs = sft_data.Inputs(items, prepared.split, prepared.pairs, table, cfg.data.source)
+    inputs = tasks.Inputs(items, prepared.split, prepared.pairs, table, cfg.data.source)
     return cfg, inputs, tokenizer(cfg, table, tokenizer_folder)
 
 
@@ -93,25 +93,25 @@ def sid_blocks(content: str, scheme: SidScheme) -> list[list[int] | None]:
 
 def test_every_task_has_samples_and_several_phrasings(smoke_data, gift_data, smoke):
     cfg, inputs, _ = smoke
-    for task in sft_data.TASKS:
+    for task in tasks.TASKS:
         n = [int((d.train["task"] == task).sum()) for d in (smoke_data, gift_data)]
         assert sum(n) > 0, f"{task}: no samples on smoke or gift cards"
         phrasings = max(d.report["tasks"][task]["phrasings"] for d in (smoke_data, gift_data))
         assert phrasings >= 3, f"{task}: only {phrasings} phrasing(s)"
-        assert len(sft_data.templates_of(task)) >= 3
+        assert len(tasks.templates_of(task)) >= 3
     rep = smoke_data.report["tasks"]
     # MovieLens has no descriptions or features: those tasks are skipped, counted, for every item
     for task, reason in [("description_to_sid", "no description"), ("features_to_sid", "no features"),
                          ("sid_to_description", "no description")]:
         assert rep[task]["train"] == 0 and rep[task]["skipped"] == {reason: len(inputs.items)}
-    for task in sft_data.TASKS:  # the cap, and valid stays small
+    for task in tasks.TASKS:  # the cap, and valid stays small
         assert rep[task]["train"] <= cfg.sft.max_per_task and rep[task]["valid"] <= cfg.sft.valid_per_task
     assert smoke_data.report["tasks"]["seq_last_3"]["train"] == cfg.sft.max_per_task
     # every sample is system / user / assistant with the configured system prompt; a session
     # goes on with user / assistant turns
     for task, msgs in smoke_data.train[["task", "messages"]].head(200).itertuples(index=False):
         roles = [m["role"] for m in msgs]
-        turns = (len(roles) - 1) // 2 if task == sft_data.SESSION else 1
+        turns = (len(roles) - 1) // 2 if task == tasks.SESSION else 1
         assert roles == ["system"] + ["user", "assistant"] * turns, task
         assert msgs[0]["content"] == cfg.sft.system_prompt
     rec = smoke_data.train[smoke_data.train["task"] == "rec_steering"]
@@ -154,7 +154,7 @@ def test_gift_cards_text_tasks_and_metadata_pairs(gift_data, gift):
     feats = inputs.items.loc[row["target_item"], "features"]
     assert all(f in row["messages"][1]["content"] for f in feats)
     # also_buy pairs feed the forward task (the metadata adds edges the sequences lack)
-    edges = sft_data.copurchase_edges(inputs)
+    edges = tasks.copurchase_edges(inputs)
     assert (edges["kind"] == "also_buy").any()
     fwd = gift_data.train[gift_data.train["task"] == "copurchase_forward"]
     meta = set(zip(*edges[edges["kind"] == "also_buy"][["src", "dst"]].to_numpy().T.tolist()))
@@ -188,7 +188,7 @@ def test_no_leakage_from_valid_or_test(which, request):
         else:
             assert r.target_item in part
     # co-purchase training pairs are edges of the training parts (or the catalog metadata)
-    directed = sft_data.directed_pairs(inputs.split)
+    directed = tasks.directed_pairs(inputs.split)
     seq_edges = set(zip(directed["src"].tolist(), directed["dst"].tolist()))
     meta = inputs.pairs[inputs.pairs["kind"] != "sequence"]
     meta_edges = set(zip(meta["src"].tolist(), meta["dst"].tolist()))
@@ -201,7 +201,7 @@ def test_no_leakage_from_valid_or_test(which, request):
         assert r.user_id == -1
     # no test item anywhere in the valid split's user samples; their targets are valid items
     valid = data.valid
-    for r in valid[valid["task"].map(sft_data.is_user_task)].itertuples():
+    for r in valid[valid["task"].map(tasks.is_user_task)].itertuples():
         part, v, t = users[r.user_id]
         assert t not in r.context_items and r.target_item != t, r
         if r.task == "copurchase_backward":
@@ -225,8 +225,8 @@ def test_sessions_cut_each_training_part_into_consecutive_turns(smoke):
     cfg0, inputs, tok = smoke
     cfg = config.load("smoke", {"sft.max_per_task": 0, "sft.session_turns": 4})
     n, turns = max(cfg.sft.seq_lengths), cfg.sft.session_turns
-    ctx = sft_data.Context(sft_data.make_catalog(inputs), inputs, cfg.sft, sft_data.Tally())
-    drafts = sft_data.session_drafts(ctx, "train", cfg.seed)
+    ctx = tasks.Context(tasks.make_catalog(inputs), inputs, cfg.sft, tasks.Tally())
+    drafts = tasks.session_drafts(ctx, "train", cfg.seed)
     users = user_parts(inputs.split)
     answered: dict[int, list[int]] = {}
     for d in drafts:
@@ -240,12 +240,12 @@ def test_sessions_cut_each_training_part_into_consecutive_turns(smoke):
     msgs = drafts[0].messages(cfg.sft.system_prompt, ctx.catalog)
     roles = [m["role"] for m in msgs]
     assert roles == ["system"] + ["user", "assistant"] * len(drafts[0].answer_items)
-    assert all(m["content"] in sft_data.FOLLOW_UPS for m in msgs[3::2])
+    assert all(m["content"] in tasks.FOLLOW_UPS for m in msgs[3::2])
     trie = inputs.table.trie()
     assert [trie.item_of(sid_blocks(m["content"], inputs.table.scheme)[0]) for m in msgs[2::2]] == drafts[0].answer_items
-    enc = sft_data.chat.encode(tok, msgs, cfg.llm)
+    enc = chat.encode(tok, msgs, cfg.llm)
     start = tok.convert_tokens_to_ids("<|sid_start|>")
-    labelled = [t for t in enc["labels"] if t != sft_data.chat.IGNORE]
+    labelled = [t for t in enc["labels"] if t != chat.IGNORE]
     assert labelled.count(start) == len(drafts[0].answer_items)
     # too long: the last turns go first, the history stays
     short = config.load("smoke", {"sft.tasks": ["seq_session"], "llm.max_length": 160})
@@ -283,7 +283,7 @@ def test_every_sid_parses_and_names_an_item(which, request):
                     seen += 1
             # the answer's SIDs are exactly the answer items, in order (a session's: every
             # assistant turn's)
-            replies = [m for m in r.messages if m["role"] == "assistant"] if r.task == sft_data.SESSION else r.messages[-1:]
+            replies = [m for m in r.messages if m["role"] == "assistant"] if r.task == tasks.SESSION else r.messages[-1:]
             answer = [trie.item_of(c) for m in replies for c in sid_blocks(m["content"], scheme)]
             assert answer == list(r.answer_items), r
             assert r.target_item == (r.answer_items[0] if len(r.answer_items) == 1 else -1)
@@ -365,11 +365,11 @@ def test_deterministic_and_files_round_trip(smoke, smoke_data, tmp_path):
     report = json.loads(files["report"].read_text())
     assert report["tasks"]["seq_last_2"]["train"] == smoke_data.report["tasks"]["seq_last_2"]["train"]
     m = smoke_data.metrics()
-    assert set(m["samples"]) == set(sft_data.TASKS)
+    assert set(m["samples"]) == set(tasks.TASKS)
     assert m["tokens_p95"] >= m["tokens_mean"] > 0 and m["train"] == sum(m["samples"].values())
     # n_tokens is what the trainer will see: chat.encode of the stored messages
     r = train.iloc[3]
-    assert len(sft_data.chat.encode(tok, r["messages"], cfg.llm)["input_ids"]) == r["n_tokens"]
+    assert len(chat.encode(tok, r["messages"], cfg.llm)["input_ids"]) == r["n_tokens"]
 
 
 def test_bad_input_is_named(smoke, tmp_path):
@@ -380,14 +380,14 @@ def test_bad_input_is_named(smoke, tmp_path):
         sft_data.build(inputs, tok, config.load("smoke", {"sft.tasks": ["seq_last_4"]}), progress=False)
     with pytest.raises(ValueError, match="similar_prefix"):
         sft_data.build(inputs, tok, config.load("smoke", {"sft.similar_prefix": 9}), progress=False)
-    fewer = sft_data.Inputs(inputs.items.iloc[:-1], inputs.split, inputs.pairs, inputs.table, inputs.source)
+    fewer = tasks.Inputs(inputs.items.iloc[:-1], inputs.split, inputs.pairs, inputs.table, inputs.source)
     with pytest.raises(DataError, match="05-sids was built from another item table"):
         sft_data.build(fewer, tok, cfg, progress=False)
     # pairs that do not come from the training parts (e.g. a stale 01-prep) are refused
     stale = inputs.pairs.drop(index=inputs.pairs.index[inputs.pairs["kind"] == "sequence"][0])
-    bad = sft_data.Inputs(inputs.items, inputs.split, stale, inputs.table, inputs.source)
+    bad = tasks.Inputs(inputs.items, inputs.split, stale, inputs.table, inputs.source)
     with pytest.raises(DataError, match="pairs.parquet.*rerun 01-prep"):
-        sft_data.copurchase_edges(bad)
+        tasks.copurchase_edges(bad)
     with pytest.raises(DataError, match="run 06-sft-data first"):
         sft_data.load(tmp_path)
     (tmp_path / "train.parquet").write_bytes(b"")

@@ -1,2 +1,2 @@
 """The LLM that speaks SIDs: base model (base.py), vocabulary extension (vocab.py), SFT data
-(sft_data.py), fine-tuning entry point (train.py)."""
+(sft_data.py, its tasks in tasks/), fine-tuning entry point (train.py)."""

@@ -31,7 +31,7 @@ from ..text import is_missing
 from .decode import ReplyOnly, ReplyRules, blank_tokens, render
 from .finetuned import load_finetuned
 from .generate import Decoder, rec_messages
-from .sft_data import templates_of, words_for
+from .tasks import templates_of, words_for
 
 
 @dataclass
@@ -136,7 +136,7 @@ class Chat:
 
 
 # --------------------------------------------------------------------------- prompts for the examples
-# In the phrasings of 06's SFT tasks (sidlib.llm.sft_data.TEMPLATES): the model answers best in the
+# In the phrasings of 06's SFT tasks (sidlib.llm.tasks.TEMPLATES): the model answers best in the
 # questions it was trained on.
 
 

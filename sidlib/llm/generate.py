@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..config import Config, LLMConfig
 from ..models.beam import BeamResult, beam_search
 from ..sids import REC, SID_START, CodeTrie, SidTable
-from . import chat, sft_data, vocab
+from . import chat, tasks, vocab
 from .chat import end_token_ids
 from .decode import SidConstraint
 
@@ -261,8 +261,8 @@ def rec_messages(history: Sequence[int], table: SidTable, cfg: Config) -> list[d
     shown = [int(i) for i in history][-n:]
     if not shown:
         raise ValueError("the recommender needs at least one history item")
-    words = sft_data.words_for(cfg.data.source, cfg.sft.item_noun)
-    user_t, _answer = sft_data.templates_of(sft_data.seq_task(n))[0]
+    words = tasks.words_for(cfg.data.source, cfg.sft.item_noun)
+    user_t, _answer = tasks.templates_of(tasks.seq_task(n))[0]
     text = user_t.format(noun=words.noun, nouns=words.nouns, verb=words.verb, verb_ing=words.verb_ing,
                          people=words.people, rec=REC, n=len(shown),
                          history=", ".join(table.sid_of(i) for i in shown))
