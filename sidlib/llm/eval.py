@@ -249,11 +249,8 @@ def test_samples(split: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     a seeded sample of `eval.users` of them when set."""
     s = splitlib.samples(split, "test")
     s = s[s["history"].map(len) > 0].reset_index(drop=True)
-    n = cfg.eval.users
-    if n and n < len(s):
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(s), n, replace=False))
-        s = s.iloc[keep].reset_index(drop=True)
-    return s
+    keep = splitlib.sample_rows(len(s), cfg.eval.users, cfg.seed)
+    return s if keep is None else s.iloc[keep].reset_index(drop=True)
 
 
 def evaluate_recommender(dec: Decoder, samples: pd.DataFrame, cfg: Config, train_counts: np.ndarray,

@@ -530,6 +530,7 @@ def _epoch_batches(samples: list[tuple[int, int]], cfg: SidGRConfig, epoch: int)
 
 def _lr_lambda(cfg: SidGRConfig, total: int) -> Callable[[int], float]:
     """Linear warmup over warmup_steps (at most half the run), then cosine to min_lr_ratio."""
+    # hand-written: transformers' cosine-with-min-lr warms up from 0 (not (step+1)/warm), lets the LR rise past `total`
     warm = max(0, min(cfg.warmup_steps, total // 2))
 
     def f(step: int) -> float:

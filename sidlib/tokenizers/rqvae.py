@@ -184,6 +184,7 @@ def reset_dead_codes(model: RQVAE, usage: torch.Tensor, residuals: torch.Tensor,
 def lr_at(step: int, total: int, cfg: TokenizerConfig) -> float:
     """Linear warmup to cfg.lr over warmup_steps (at most 10% of the steps), then cosine decay to
     cfg.min_lr at `total`."""
+    # hand-written: transformers' cosine-with-min-lr warms up from 0, lets the LR rise past `total`, rounds differently
     warm = min(cfg.warmup_steps, max(total // 10, 1))
     if step < warm:
         return cfg.lr * (step + 1) / warm
