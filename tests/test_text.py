@@ -13,13 +13,9 @@ import pytest
 
 from sidlib import paths
 from sidlib.config import CleanConfig
+from sidlib.cleaners import CachedCleaner, CleanerError, HFCleaner, LLMCleaner, OpenAICleaner, make_llm_cleaner
 from sidlib.text import (
     TAG_RE,
-    CachedCleaner,
-    CleanerError,
-    HFCleaner,
-    LLMCleaner,
-    OpenAICleaner,
     cap_text,
     clean_categories,
     clean_features,
@@ -28,7 +24,6 @@ from sidlib.text import (
     clean_title,
     fix_movielens_title,
     item_context,
-    make_llm_cleaner,
     to_list,
 )
 
