@@ -1,0 +1,103 @@
+"""Stage 05: the SID table from 04's codes (or an imported index), written with its plot."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sidlib import paths, plots, stages
+from sidlib.config import Config
+from .codes import add_dedup_level, collision_stats, import_codes_table, import_lcrec_index
+from .scheme import SidError, SidScheme, as_codes
+from .table import SidTable
+
+
+# --------------------------------------------------------------------------- stage 05 entry point
+
+
+def build_table(
+    items: pd.DataFrame,
+    codes: np.ndarray | None,
+    codebook_size: int,
+    import_path: str | Path | None = None,
+    dedup_codebook_size: int = 0,
+) -> tuple[SidTable, dict[str, Any]]:
+    """The SID table of stage 05 and its metrics.
+
+    Either the tokenizer's codes [N, L] get a last level that makes every item unique (index
+    within its collision group), or an external index (LC-Rec index.json, or a parquet/CSV of
+    codes) is imported as is — it must already be unique. Row i of `items` is item i.
+    """
+    if import_path:
+        path = Path(import_path)
+        if path.suffix == ".json":
+            full, scheme = import_lcrec_index(path, items["source_id"].astype(str).tolist())
+        else:
+            full, scheme = import_codes_table(path, items["item_id"].tolist())
+        before = collision_stats(full)
+        dedup_max = 0
+    else:
+        if codes is None:
+            raise SidError("no tokenizer codes and no sids.import_path: run 04-rqvae or set an import path")
+        codes = as_codes(codes)
+        if len(codes) != len(items):
+            raise SidError(f"{len(codes)} code rows for {len(items)} items: the codes come from another item table")
+        before = collision_stats(codes)
+        # 0 = auto: the tokenizer's K, grown to the largest collision group when that is larger
+        # (small catalogs with small K); an explicit size is a hard limit.
+        k_last = dedup_codebook_size or max(codebook_size, before["max_group"])
+        full = add_dedup_level(codes, k_last)
+        scheme = SidScheme([codebook_size] * codes.shape[1] + [k_last])
+        dedup_max = int(full[:, -1].max()) if len(full) else 0
+    table = SidTable.build(full, scheme, titles=items["title"].tolist(), item_ids=items["item_id"].tolist())
+    unique_after = len(np.unique(table.codes, axis=0))
+    if unique_after != len(items):
+        raise SidError(f"only {unique_after} unique SIDs for {len(items)} items")
+    metrics = {
+        "items": len(items),
+        "levels": scheme.levels,
+        "codebook_sizes": list(scheme.codebook_sizes),
+        "unique_after_dedup": unique_after,
+        "dedup_level_max": dedup_max,
+        "unique_before_dedup": before["unique_ratio"],
+        "max_collision_before_dedup": before["max_group"],
+        "source": "import" if import_path else "tokenizer",
+    }
+    return table, metrics
+
+
+@dataclass
+class SidOutputs:
+    """What stage 05 read and wrote (artifacts/<profile>/05-sids/)."""
+
+    out: Path
+    table: SidTable
+    metrics: dict[str, Any]
+    plot: Path
+    source: str  # where the codes came from, for the notebook's first line
+
+
+def run(cfg: Config) -> SidOutputs:
+    """Stage 05 (notebook 05): 04's codes (or sids.import_path) + a uniqueness level -> the SID
+    table (sids.parquet, sid_mapping.pt, sid_manifest.json) and a plot of the collision groups."""
+    out = stages.SIDS.dir(cfg.profile, create=True)
+    items = pd.read_parquet(stages.CLEAN.dir(cfg.profile) / "items.parquet")
+    if cfg.sids.import_path:
+        codes, k, import_path = None, 0, paths.resolve_data_path(cfg.sids.import_path)
+        source = f"external SIDs imported from {import_path}"
+    else:
+        tok_dir = stages.RQVAE.dir(cfg.profile)
+        codes = np.load(tok_dir / "codes.npy")
+        k = json.loads((tok_dir / "tokenizer.json").read_text())["codebook_size"]
+        import_path = None
+        source = f"{codes.shape[1]} tokenizer levels x {k} codes from 04-rqvae"
+    table, metrics = build_table(items, codes, k, import_path, cfg.sids.dedup_codebook_size)
+    table.save(out, extra={"metrics": metrics})
+    group_sizes = table.df["codes"].map(lambda c: tuple(c[:-1])).value_counts().to_numpy()
+    plot = plots.length_histogram({"items per tokenizer tuple": group_sizes}, out / "collision_groups.png",
+                                  xlabel="group size", bins=max(5, int(group_sizes.max())))
+    return SidOutputs(out, table, metrics, plot, source)
