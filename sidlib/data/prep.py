@@ -184,10 +184,10 @@ def sample_users(interactions: pd.DataFrame, max_users: int, seed: int) -> pd.Da
     the same file and seed always give the same users; row order is kept.
     """
     users = pd.unique(interactions["user_id"])
-    if max_users <= 0 or max_users >= len(users):
+    rows = splitlib.sample_rows(len(users), max_users, seed)
+    if rows is None:
         return interactions
-    rng = np.random.default_rng(seed)
-    chosen = users[np.sort(rng.choice(len(users), size=max_users, replace=False))]
+    chosen = users[rows]
     return interactions.loc[interactions["user_id"].isin(chosen).to_numpy()].reset_index(drop=True)
 
 
