@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sidlib import paths, stages  # noqa: E402
+from sidlib import config, paths, stages  # noqa: E402
 from sidlib.models.beam import beam_search  # noqa: E402
 from sidlib.models.sid_gr import SidGR, SidGRConfig, evaluate, fit  # noqa: E402
 
@@ -57,6 +57,7 @@ def load_profile(profile: str):
     from sidlib.sids import SidTable
     from sidlib.split import samples, training_sequences
 
+    profile = config.load(profile).profile  # a name or a profile file
     table = SidTable.load(stages.SIDS.dir(profile))
     if not np.array_equal(table.item_ids, np.arange(len(table))):
         raise SystemExit("the 05-sids table must cover the dense item ids 0..N-1")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--exclude-history", action="store_true", help="ban each user's history items inside the search")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    stem = (f"beam_{args.profile}" if args.profile else "beam") + ("_exclude" if args.exclude_history else "")
+    stem = (f"beam_{config.load(args.profile).profile}" if args.profile else "beam") + ("_exclude" if args.exclude_history else "")
     args.out = args.out or str(REPO / "artifacts" / "bench" / f"{stem}.json")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -77,7 +77,8 @@ def main() -> None:
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else paths.artifacts_root() / "bench"
     out.mkdir(parents=True, exist_ok=True)
     sets = [*GPU_SET, *(QUICK_SET if args.quick else []), *args.set]
-    keep = Path(args.keep or paths.artifacts_root() / "bench" / f"gpu_finetune_{args.profile}")
+    name = config.load(args.profile).profile  # a profile file's name, not its path
+    keep = Path(args.keep or paths.artifacts_root() / "bench" / f"gpu_finetune_{name}")
     shims = gpu_path.compat()
     dev = {"torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "transformers": gpu_path.transformers.__version__, "compat": shims, "set": sets}
@@ -90,7 +91,7 @@ def main() -> None:
             "--items", str(2 if args.quick else 100), "--per-task", "1" if args.quick else "2"]
     sys.argv = argv + [a for s in sets for a in ("--set", s)]
     llm_curve.main()
-    src = paths.artifacts_root() / "bench" / f"llm_curve_{args.profile}{suffix}.json"
+    src = paths.artifacts_root() / "bench" / f"llm_curve_{name}{suffix}.json"
     curve = json.loads(src.read_text())
     if src.parent != out:
         shutil.copy(src, out / src.name)

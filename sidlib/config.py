@@ -341,7 +341,10 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    profile: str = DEFAULT_PROFILE
+    profile: str = DEFAULT_PROFILE  # the name: artifacts/<profile>/ (a file's `name` key, else its stem)
+    # the profile file's absolute path when the profile is a file outside the package ("" for a
+    # packaged one): the runner hands it to the notebooks, and it claims artifacts/<profile>/
+    profile_file: str = ""
     seed: int = 42
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
@@ -373,10 +376,29 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
+def is_profile_file(name: str) -> bool:
+    """A profile given as a file (`my/shop.toml`), not the name of a packaged one (`ml100k`)."""
+    return name.endswith(".toml") or "/" in name or "\\" in name
+
+
+# settings that name files: relative ones in a profile file are relative to that file's folder
+PATH_KEYS = (("data", "path"), ("sids", "import_path"))
+
+
+def _anchor_paths(raw: dict[str, Any], folder: Path) -> None:
+    for section, key in PATH_KEYS:
+        value = (raw.get(section) or {}).get(key)
+        if isinstance(value, str) and value and not value.startswith(("shared:", "/", "~")):
+            raw[section][key] = str((folder / value).resolve())
+
+
 def _read_profile(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-    path = Path(name) if name.endswith(".toml") else PROFILE_DIR / f"{name}.toml"
+    path = Path(name).expanduser().resolve() if is_profile_file(name) else PROFILE_DIR / f"{name}.toml"
     if not path.exists():
-        raise ConfigError(f"unknown profile {name!r}: no file {path} (available: {', '.join(list_profiles())})")
+        if is_profile_file(name):
+            raise ConfigError(f"profile file {name!r}: no file {path}")
+        raise ConfigError(f"unknown profile {name!r}: no file {path} (available: {', '.join(list_profiles())}, "
+                          "or a path to a .toml file)")
     if name in seen:
         raise ConfigError(f"profile {name!r} extends itself through {' -> '.join(seen)}")
     try:
@@ -384,7 +406,13 @@ def _read_profile(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     _move_baseline_keys(raw, str(path))
+    if is_profile_file(name):
+        _anchor_paths(raw, path.parent)
     base = raw.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a profile name or a path, got {base!r}")
+    if base is not None and is_profile_file(base) and not Path(base).expanduser().is_absolute():
+        base = str(path.parent / base)  # a base file next to this one
     if base is None:
         return raw
     return _merge(_read_profile(base, seen + (name,)), raw)
@@ -477,7 +505,15 @@ def load(profile: str = DEFAULT_PROFILE, overrides: dict[str, Any] | list[str] |
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted!r}: {p!r} is a value, not a section")
         node[parts[-1]] = value
-    raw["profile"] = Path(profile).stem
+    name = raw.pop("name", None)
+    if is_profile_file(profile):
+        raw["profile_file"] = str(Path(profile).expanduser().resolve())
+        raw["profile"] = str(name or Path(profile).stem)
+    else:
+        raw["profile"] = profile
+    if not raw["profile"] or not all(c.isalnum() or c in "-_." for c in raw["profile"]):
+        raise ConfigError(f"profile {profile!r}: the name {raw['profile']!r} must be letters, digits, '-', '_' "
+                          "or '.' (it names the artifacts folder); set `name = \"...\"` in the file")
     return _build(Config, raw, f"profile {profile!r}")
 
 

@@ -155,6 +155,9 @@ def run(
     overrides = overrides or {}
     cfg = config_mod.load(profile, overrides)  # fails fast on a bad profile or override
     chosen = select(stages)
+    summary.claim(cfg.profile, cfg.profile_file)  # two profile files of one name never share a folder
+    # the notebooks run in notebooks/: a profile file goes to them as its absolute path
+    profile = cfg.profile_file or profile
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = paths.runs_root() / cfg.profile / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +174,7 @@ def run(
         echo(f"[{stage.name}] running ...")
         t0 = time.time()
         try:
-            execute(stage, cfg.profile, overrides, out_dir)
+            execute(stage, profile, overrides, out_dir)
         except StageFailed as e:
             seconds = time.time() - t0
             summary.set_status(cfg.profile, stage.key, "failed", seconds)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import config as config_mod
 from . import paths, stages
 
 # The stage keys, in chain order (sidlib.stages owns them).
@@ -74,6 +75,27 @@ def record(cfg_or_profile: Any, stage: str, metrics: dict[str, Any], plots: list
         entry["plots"] = [os.path.relpath(Path(p).resolve(), root.resolve()) for p in plots]
     _write(profile, data)
     return entry
+
+
+class ProfileClash(config_mod.ConfigError):
+    """artifacts/<name>/ belongs to another profile file of the same name."""
+
+
+def claim(profile: str, profile_file: str) -> None:
+    """Record which profile writes artifacts/<profile>/ (a file's path, or "" for the packaged
+    profile of that name); a different one of the same name is an error, never a silent mix."""
+    data = load(profile)
+    owner = data.get("profile_file")
+    if owner is None:  # a folder from before this record, or a new one
+        data["profile_file"] = profile_file
+        _write(profile, data)
+        return
+    if owner != profile_file:
+        def what(f: str) -> str:
+            return f"the profile file {f}" if f else f"the packaged profile {profile!r}"
+        raise ProfileClash(f"{paths.profile_dir(profile)} holds the runs of {what(owner)}; this run is "
+                           f"{what(profile_file)}. Give one of them another name (`name = \"...\"` at the top "
+                           "of a profile file) or move that folder away.")
 
 
 def set_status(profile: str, stage: str, status: str, seconds: float | None = None, **extra: Any) -> None:

@@ -49,3 +49,33 @@ def test_cli_show_and_bad_override(capsys):
     assert json.loads(capsys.readouterr().out)["data"]["kcore"] == 3
     assert main(["show", "--set", "data.bogus=1"]) == 2
     assert "unknown key 'bogus'" in capsys.readouterr().err
+
+
+def test_a_profile_file_outside_the_package(tmp_path):
+    """`--profile my/shop.toml`: a packaged base, paths relative to the file, its own name."""
+    (tmp_path / "raw").mkdir()
+    f = tmp_path / "conf" / "shop.toml"
+    f.parent.mkdir()
+    f.write_text('base = "smoke"\n[data]\npath = "../raw"\n[sids]\nimport_path = "idx.json"\n')
+    cfg = config.load(str(f))
+    assert (cfg.profile, cfg.profile_file) == ("shop", str(f.resolve()))
+    assert cfg.data.path == str((tmp_path / "raw").resolve())  # relative to the file, not the cwd
+    assert cfg.sids.import_path == str(f.parent / "idx.json")
+    assert cfg.data.source == config.load("smoke").data.source  # the rest from its base
+    assert config.load("smoke").profile_file == ""
+
+    named = tmp_path / "other.toml"
+    named.write_text(f'name = "shop-2"\nbase = "{f}"\n[data]\nkcore = 3\n')  # a file based on a file
+    c2 = config.load(str(named))
+    assert (c2.profile, c2.data.kcore, c2.data.path) == ("shop-2", 3, cfg.data.path)
+
+    bad = tmp_path / "typo.toml"
+    bad.write_text('base = "smoke"\n[data]\nkcor = 3\n')
+    with pytest.raises(config.ConfigError, match="unknown key 'kcor'"):
+        config.load(str(bad))
+    with pytest.raises(config.ConfigError, match="profile file .*nowhere.toml"):
+        config.load(str(tmp_path / "nowhere.toml"))
+    spaced = tmp_path / "my shop.toml"
+    spaced.write_text('base = "smoke"\n')
+    with pytest.raises(config.ConfigError, match="name = "):
+        config.load(str(spaced))

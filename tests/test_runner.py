@@ -8,7 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from sidlib import paths, runner, summary
+from sidlib import config, paths, runner, stages, summary
 
 
 def test_notebooks_are_clean_and_parameterised():
@@ -79,3 +79,26 @@ def test_failing_notebook_names_notebook_cell_and_copy(tmp_roots):
     copy = proc.stdout.split("executed copy: ")[1].split()[0]
     assert json.loads(open(copy).read())["cells"], "executed copy is a notebook"
     assert summary.load("smoke")["stages"]["prep"]["status"] == "failed"
+
+
+def test_a_profile_file_runs_the_chain_and_claims_its_folder(tmp_roots, tmp_path):
+    """The notebooks get the file (not its stem, which no packaged profile has), and another file
+    of the same name cannot write into the same artifacts folder."""
+    f = tmp_path / "a" / "myshop.toml"
+    f.parent.mkdir()
+    f.write_text('base = "smoke"\n[data]\nkcore = 6\n[rqvae]\nepochs = 10\ncompare = false\n')  # 04 in seconds
+    lines: list[str] = []
+    assert runner.run(str(f), "01-05", echo=lines.append) == 0, "\n".join(lines)
+    for s in stages.ALL[:5]:
+        assert s.missing("myshop") == [], s.name
+    data = summary.load("myshop")
+    assert data["profile_file"] == str(f.resolve()) and data["stages"]["prep"]["status"] == "ok"
+    executed = next((tmp_roots / "runs" / "myshop").glob("*/01-prep.ipynb")).read_text()
+    assert str(f.resolve()) in executed  # the notebooks loaded the file itself
+    assert config.load(str(f)).data.kcore == 6
+    twin = tmp_path / "b" / "myshop.toml"
+    twin.parent.mkdir()
+    twin.write_text('base = "smoke"\n')
+    with pytest.raises(config.ConfigError, match="holds the runs of the profile file"):
+        runner.run(str(twin), "01", echo=lines.append)
+    assert runner.run("smoke", "01", echo=lines.append) == 0  # the packaged smoke has its own folder
