@@ -119,6 +119,14 @@ def _write_manifest(stage: Stage, cfg: config_mod.Config, fp: dict[str, Any], se
     (folder / MANIFEST).write_text(json.dumps(m, indent=2))
 
 
+# A quiet kernel: its own log stays at errors (a headless kernel on localhost warns on every start
+# that TCP is unencrypted), and tqdm.auto's "IProgress not found" (no ipywidgets: the bars are
+# text in the executed notebook, which is what a headless run wants) is not printed in every stage.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR",
+               "--IPKernelApp.exec_lines=['import warnings', "
+               "'warnings.filterwarnings(\"ignore\", message=\"IProgress not found\")']"]
+
+
 def execute(stage: Stage, profile: str, overrides: dict[str, Any], out_dir: Path) -> Path:
     """Run one notebook with papermill; the executed copy lands in out_dir."""
     import papermill as pm  # imported here: `python -m sidlib --help` should not pay for it
@@ -133,6 +141,7 @@ def execute(stage: Stage, profile: str, overrides: dict[str, Any], out_dir: Path
             cwd=str(stage.notebook.parent),
             progress_bar=False,
             request_save_on_cell_execute=True,
+            extra_arguments=KERNEL_ARGS,
         )
     except pm.PapermillExecutionError as e:
         last = (e.evalue or "").strip().splitlines()

@@ -32,9 +32,12 @@ def test_stage_selection():
         runner.select("nonsense")
 
 
-def test_smoke_chain_runs_skips_and_forces(tmp_roots):
+def test_smoke_chain_runs_skips_and_forces(tmp_roots, capfd):
     lines: list[str] = []
     assert runner.run("smoke", "01-02", echo=lines.append) == 0
+    # a quiet run: the kernels' TCP warning and tqdm's IProgress note are not printed (#17)
+    err = capfd.readouterr().err
+    assert "Kernel is running over TCP" not in err and "IProgress" not in err, err[-500:]
     data = summary.load("smoke")
     assert data["profile"] == "smoke"
     prep, clean = data["stages"]["prep"], data["stages"]["clean"]

@@ -19,6 +19,8 @@ Decoding choices, and why:
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +81,18 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_arg(model_cls: type) -> str:
+    """The KV-cache argument of the model's forward: `cache` in the transformers sidlib pins
+    (`past_key_values` is deprecated there, removed in 5.40), `past_key_values` in older ones."""
+    return "cache" if "cache" in inspect.signature(model_cls.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.no_grad()
 def prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> Prefilled:
     """Left-pad the prompts (generation continues at the right edge of every row) and run them."""
@@ -87,7 +101,7 @@ def prefill(model: Any, prompts: Sequence[Sequence[int]], pad_id: int) -> Prefil
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(1) - 1).clamp(min=0)  # padding does not shift a prompt's positions
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return Prefilled(out.past_key_values, mask, pos[:, -1], out.logits[:, -1].float(), ids[:, -1])
+    return Prefilled(_cache_of(out), mask, pos[:, -1], out.logits[:, -1].float(), ids[:, -1])
 
 
 @torch.no_grad()
@@ -96,9 +110,9 @@ def step(model: Any, state: Prefilled, tokens: torch.Tensor) -> Prefilled:
     tokens = tokens.to(state.mask.device)
     mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], 1)
     pos = state.pos + 1
-    out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
-                past_key_values=state.cache, use_cache=True)
-    return Prefilled(out.past_key_values, mask, pos, out.logits[:, -1].float(), tokens)
+    out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None], use_cache=True,
+                **{_cache_arg(type(model)): state.cache})
+    return Prefilled(_cache_of(out), mask, pos, out.logits[:, -1].float(), tokens)
 
 
 class _Rows:
