@@ -129,6 +129,9 @@ class SidConfig:
     # index.json or a parquet/CSV of codes per item
     import_path: str = ""
     dedup_codebook_size: int = 0  # K of the extra level (0 = auto: max(tokenizer K, largest collision group))
+    # an imported index whose tuples are not unique: "error" (names the items) | "next_free" (each
+    # item repeating an earlier one's tuple gets the smallest last code free under its prefix)
+    import_collisions: str = "error"
 
 
 @dataclass

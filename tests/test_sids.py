@@ -18,9 +18,12 @@ from sidlib.sids import (
     SidScheme,
     SidTable,
     add_dedup_level,
+    build_table,
     collision_stats,
+    export_lcrec_index,
     import_codes_table,
     import_lcrec_index,
+    resolve_collisions,
 )
 
 SEED = SidScheme([256, 256, 256, 256])
@@ -366,3 +369,31 @@ def test_trie_of_a_table_names_item_ids():
     assert trie.longest_known_prefix([0, 9]) == (1, 10) and trie.longest_known_prefix([1, 1]) == (1, 30)
     row = int(trie.step(1, trie.step(0, torch.tensor([0]), torch.tensor([1])), torch.tensor([0])))
     assert table.item_ids[row] == 30
+
+
+def test_lcrec_index_export_round_trip_and_collisions_on_import(tmp_path):
+    """05 writes LC-Rec's index.json; reading it back gives the same SIDs. An index with shared
+    tuples is refused with the setting that fixes it, and that setting moves only the repeats."""
+    codes = np.array([[1, 2, 0], [1, 2, 1], [3, 0, 0], [0, 0, 0]])
+    ids = ["10", "11", "12", "13"]
+    path = export_lcrec_index(codes, ids, tmp_path / "index.json")
+    assert json.loads(path.read_text())["11"] == ["<a_1>", "<b_2>", "<c_1>"]
+    back, scheme = import_lcrec_index(path, ids)
+    assert np.array_equal(back, codes) and list(scheme.codebook_sizes) == [4, 3, 2]
+    # a published index with shared tuples: items 11 and 13 repeat 10's and 12's
+    shared = {"10": ["<a_1>", "<b_2>", "<c_0>"], "11": ["<a_1>", "<b_2>", "<c_0>"],
+              "12": ["<a_3>", "<b_0>", "<c_0>"], "13": ["<a_3>", "<b_0>", "<c_0>"], "14": ["<a_1>", "<b_2>", "<c_1>"]}
+    (tmp_path / "shared.json").write_text(json.dumps(shared))
+    ids = list(shared)
+    with pytest.raises(SidError, match='import_collisions = "next_free"'):
+        import_lcrec_index(tmp_path / "shared.json", ids)
+    raw, _ = import_lcrec_index(tmp_path / "shared.json", ids, duplicates=True)
+    fixed, moved = resolve_collisions(raw)
+    assert moved == 2 and len(np.unique(fixed, axis=0)) == 5
+    assert fixed[[0, 2, 4]].tolist() == raw[[0, 2, 4]].tolist()  # only the repeats move
+    assert fixed[1].tolist() == [1, 2, 2] and fixed[3].tolist() == [3, 0, 1]  # next free last code under the prefix
+    items = pd.DataFrame({"item_id": range(5), "source_id": ids, "title": [f"t{i}" for i in range(5)]})
+    table, metrics = build_table(items, None, 0, tmp_path / "shared.json", import_collisions="next_free")
+    assert metrics["import_moved"] == 2 and np.array_equal(table.codes, fixed)
+    with pytest.raises(SidError, match="next_free"):
+        build_table(items, None, 0, tmp_path / "shared.json")

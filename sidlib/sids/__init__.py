@@ -23,7 +23,8 @@ What lives here:
 """
 from __future__ import annotations
 
-from .codes import add_dedup_level, collision_stats, import_codes_table, import_lcrec_index
+from .codes import (add_dedup_level, collision_stats, export_lcrec_index, import_codes_table, import_lcrec_index,
+                    resolve_collisions)
 from .scheme import (MANIFEST_FORMAT, REC, SID_END, SID_START, SPECIAL_TOKENS, TOKEN_RE, SidError, SidFormatError,
                      SidScheme)
 from .stage import SidOutputs, build_table, run
@@ -32,4 +33,5 @@ from .trie import CodeTrie
 
 __all__ = ["MANIFEST_FORMAT", "REC", "SID_END", "SID_START", "SPECIAL_TOKENS", "TOKEN_RE", "CodeTrie", "SidError",
            "SidFormatError", "SidOutputs", "SidScheme", "SidTable", "add_dedup_level", "build_table",
-           "collision_stats", "import_codes_table", "import_lcrec_index", "run"]
+           "collision_stats", "export_lcrec_index", "import_codes_table", "import_lcrec_index",
+           "resolve_collisions", "run"]

@@ -94,21 +94,49 @@ _LCREC_TOKEN_RE = re.compile(r"<([a-z])_(\d+)>")
 
 
 def _validate_imported(
-    codes: np.ndarray, ids: Sequence[Any], sizes: Sequence[int] | None, where: str
+    codes: np.ndarray, ids: Sequence[Any], sizes: Sequence[int] | None, where: str, duplicates: bool = False
 ) -> SidScheme:
     if sizes is None:
         sizes = (codes.max(axis=0) + 1).tolist() if len(codes) else [1] * codes.shape[1]
     if len(sizes) != codes.shape[1]:
         raise SidError(f"{where}: {codes.shape[1]} levels but {len(sizes)} codebook sizes given")
     check_range(codes, sizes, ids, where)
-    dup = first_duplicate(codes)
+    dup = None if duplicates else first_duplicate(codes)
     if dup is not None:
         a, b = dup
+        n = len(codes) - len(np.unique(codes, axis=0))
         raise SidError(
-            f"{where}: items {ids[a]!r} and {ids[b]!r} have the same codes {codes[a].tolist()}; SIDs must be unique "
-            f"(an index without a dedup level? add one with add_dedup_level)"
+            f"{where}: items {ids[a]!r} and {ids[b]!r} have the same codes {codes[a].tolist()} ({n} items share "
+            "a tuple with an earlier one); SIDs must be unique. Set sids.import_collisions = \"next_free\" to give "
+            "each of them the next free last code under its prefix"
         )
     return SidScheme(list(sizes))
+
+
+def resolve_collisions(codes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Imported codes made unique by moving, in every group of items sharing a tuple, each item
+    after the first (row order) to the smallest last code that no item with the same prefix
+    uses. Returns (codes, how many items moved). The other items keep their codes exactly."""
+    codes = as_codes(codes).copy()
+    if len(codes) == 0 or codes.shape[1] == 0:
+        return codes, 0
+    used: dict[tuple[int, ...], set[int]] = {}
+    for row in codes:
+        used.setdefault(tuple(int(c) for c in row[:-1]), set()).add(int(row[-1]))
+    seen: set[tuple[int, ...]] = set()
+    moved = 0
+    for r, row in enumerate(codes):
+        key = tuple(int(c) for c in row)
+        if key not in seen:
+            seen.add(key)
+            continue
+        prefix, taken = key[:-1], used[key[:-1]]
+        free = next(c for c in range(len(taken) + 1) if c not in taken)
+        codes[r, -1] = free
+        taken.add(free)
+        seen.add(prefix + (free,))
+        moved += 1
+    return codes, moved
 
 
 def _missing_error(where: str, missing: list[Any], total: int) -> SidError:
@@ -118,7 +146,8 @@ def _missing_error(where: str, missing: list[Any], total: int) -> SidError:
 
 
 def import_lcrec_index(
-    path: str | Path, item_source_ids: Sequence[Any], codebook_sizes: Sequence[int] | None = None
+    path: str | Path, item_source_ids: Sequence[Any], codebook_sizes: Sequence[int] | None = None,
+    duplicates: bool = False,
 ) -> tuple[np.ndarray, SidScheme]:
     """LC-Rec `index.json` ({"<item id>": ["<a_12>", "<b_7>", "<c_3>", "<d_0>"]}, letters =
     levels) -> (codes [N, levels] with row i = item_source_ids[i], scheme). Ids are compared
@@ -157,7 +186,7 @@ def import_lcrec_index(
             raise SidError(f"{where}: item {i!r} has {len(toks)} levels, earlier items have {levels}: {entry!r}")
         rows.append([int(b) for _, b in toks])
     codes = np.asarray(rows, dtype=np.int64).reshape(len(ids), levels or 0)
-    return codes, _validate_imported(codes, ids, codebook_sizes, where)
+    return codes, _validate_imported(codes, ids, codebook_sizes, where, duplicates)
 
 
 def _parse_codes_cell(x: Any) -> list[int]:
@@ -170,7 +199,8 @@ def _parse_codes_cell(x: Any) -> list[int]:
 
 
 def import_codes_table(
-    path: str | Path, item_ids: Sequence[Any], codebook_sizes: Sequence[int] | None = None
+    path: str | Path, item_ids: Sequence[Any], codebook_sizes: Sequence[int] | None = None,
+    duplicates: bool = False,
 ) -> tuple[np.ndarray, SidScheme]:
     """A parquet or CSV of codes per item -> (codes [N, levels] with row i = item_ids[i], scheme).
     Columns: `item_id` plus `code_0`..`code_n`, or `item_id` plus a `codes` list column (a
@@ -217,4 +247,25 @@ def import_codes_table(
     if missing:
         raise _missing_error(where, missing, len(ids))
     codes = table[[pos[i] for i in ids]] if ids else np.zeros((0, table.shape[1]), dtype=np.int64)
-    return codes, _validate_imported(codes, ids, codebook_sizes, where)
+    return codes, _validate_imported(codes, ids, codebook_sizes, where, duplicates)
+
+
+# --------------------------------------------------------------------------- export
+
+LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def export_lcrec_index(codes: np.ndarray, item_source_ids: Sequence[Any], path: str | Path) -> Path:
+    """SIDs as an LC-Rec `index.json` ({"<item id>": ["<a_12>", "<b_7>", "<c_3>", "<d_0>"]}): the
+    format LC-Rec, LETTER and MiniOneRec read, keyed by the items' source ids (what
+    import_lcrec_index reads back)."""
+    codes = as_codes(codes)
+    if codes.shape[1] > len(LEVEL_LETTERS):
+        raise SidError(f"{codes.shape[1]} levels: LC-Rec's index names at most {len(LEVEL_LETTERS)}")
+    ids = [str(i) for i in item_source_ids]
+    if len(ids) != len(codes) or len(set(ids)) != len(ids):
+        raise SidError(f"{len(ids)} source ids ({len(set(ids))} distinct) for {len(codes)} items: need one each")
+    index = {i: [f"<{LEVEL_LETTERS[level]}_{int(c)}>" for level, c in enumerate(row)] for i, row in zip(ids, codes)}
+    path = Path(path)
+    path.write_text(json.dumps(index, indent=1) + "\n")
+    return path

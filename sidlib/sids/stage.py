@@ -11,7 +11,8 @@ import pandas as pd
 
 from sidlib import paths, plots, stages
 from sidlib.config import Config
-from .codes import add_dedup_level, collision_stats, import_codes_table, import_lcrec_index
+from .codes import (add_dedup_level, collision_stats, export_lcrec_index, import_codes_table, import_lcrec_index,
+                    resolve_collisions)
 from .scheme import SidError, SidScheme, as_codes
 from .table import SidTable
 
@@ -25,20 +26,32 @@ def build_table(
     codebook_size: int,
     import_path: str | Path | None = None,
     dedup_codebook_size: int = 0,
+    import_collisions: str = "error",
 ) -> tuple[SidTable, dict[str, Any]]:
     """The SID table of stage 05 and its metrics.
 
     Either the tokenizer's codes [N, L] get a last level that makes every item unique (index
     within its collision group), or an external index (LC-Rec index.json, or a parquet/CSV of
-    codes) is imported as is — it must already be unique. Row i of `items` is item i.
+    codes) is imported as is — it must already be unique, unless import_collisions = "next_free"
+    moves each item that repeats an earlier one's tuple to the next free last code under its
+    prefix (counted in the metrics). Row i of `items` is item i.
     """
+    moved = 0
+    if import_collisions not in ("error", "next_free"):
+        raise SidError(f"sids.import_collisions = {import_collisions!r}: expected \"error\" or \"next_free\"")
     if import_path:
         path = Path(import_path)
+        allow = import_collisions == "next_free"
         if path.suffix == ".json":
-            full, scheme = import_lcrec_index(path, items["source_id"].astype(str).tolist())
+            full, scheme = import_lcrec_index(path, items["source_id"].astype(str).tolist(), duplicates=allow)
         else:
-            full, scheme = import_codes_table(path, items["item_id"].tolist())
+            full, scheme = import_codes_table(path, items["item_id"].tolist(), duplicates=allow)
         before = collision_stats(full)
+        if allow:
+            full, moved = resolve_collisions(full)
+            sizes = list(scheme.codebook_sizes)
+            sizes[-1] = max(sizes[-1], int(full[:, -1].max()) + 1) if len(full) else sizes[-1]
+            scheme = SidScheme(sizes)
         dedup_max = 0
     else:
         if codes is None:
@@ -66,6 +79,7 @@ def build_table(
         "unique_before_dedup": before["unique_ratio"],
         "max_collision_before_dedup": before["max_group"],
         "source": "import" if import_path else "tokenizer",
+        "import_moved": moved,  # imported items given the next free last code (import_collisions)
     }
     return table, metrics
 
@@ -95,8 +109,11 @@ def run(cfg: Config) -> SidOutputs:
         k = json.loads((tok_dir / "tokenizer.json").read_text())["codebook_size"]
         import_path = None
         source = f"{codes.shape[1]} tokenizer levels x {k} codes from 04-rqvae"
-    table, metrics = build_table(items, codes, k, import_path, cfg.sids.dedup_codebook_size)
+    table, metrics = build_table(items, codes, k, import_path, cfg.sids.dedup_codebook_size,
+                                 cfg.sids.import_collisions)
     table.save(out, extra={"metrics": metrics})
+    # the same SIDs in LC-Rec's format, for LC-Rec / LETTER / MiniOneRec scripts
+    export_lcrec_index(table.codes, items["source_id"].astype(str).tolist(), out / "index.json")
     group_sizes = table.df["codes"].map(lambda c: tuple(c[:-1])).value_counts().to_numpy()
     plot = plots.length_histogram({"items per tokenizer tuple": group_sizes}, out / "collision_groups.png",
                                   xlabel="group size", bins=max(5, int(group_sizes.max())))
