@@ -2,15 +2,19 @@
 # Set up sidlib in ./.venv: torch first, the package, the offline assets, a Jupyter kernel.
 #   ./setup.sh          CPU (or whatever torch==2.13.0 resolves to on this host)
 #   ./setup.sh --gpu    adds the GPU extras: bitsandbytes (8-bit AdamW) and flash-attn where it builds
-# Idempotent: a second run with nothing changed returns in about a second.
+#   ./setup.sh --upgrade  newest versions the ranges in pyproject.toml allow, then rewrites constraints.txt
+# Idempotent: a second run with nothing changed returns in about a second. Every install uses
+# constraints.txt (the versions CI last passed with), so a clone next month gets the same ones.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 GPU=0
+UPGRADE=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) GPU=1 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    --upgrade) UPGRADE=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -22,8 +26,8 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; th
 fi
 
 STAMP=.venv/.sidlib-setup
-WANT="$(cat pyproject.toml setup.sh | sha256sum | cut -c1-16)-gpu$GPU"
-if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
+WANT="$(cat pyproject.toml setup.sh constraints.txt | sha256sum | cut -c1-16)-gpu$GPU"
+if [ "$UPGRADE" = 0 ] && [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
    && .venv/bin/python -c 'import sidlib, torch' 2>/dev/null; then
   echo "setup.sh: .venv is up to date"
   exit 0
@@ -31,7 +35,11 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
-pip() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
+if [ "$UPGRADE" = 1 ]; then
+  pip() { "$VPY" -m pip install -q --disable-pip-version-check --upgrade "$@"; }
+else
+  pip() { "$VPY" -m pip install -q --disable-pip-version-check -c constraints.txt "$@"; }
+fi
 
 echo "setup.sh: torch"
 # First and pinned: on this CPU machine it takes the CPU wheel on disk; on a GPU host the
@@ -60,5 +68,12 @@ if git rev-parse --git-dir >/dev/null 2>&1; then
   .venv/bin/nbstripout --install --attributes .git/info/attributes >/dev/null 2>&1 || true
 fi
 
+if [ "$UPGRADE" = 1 ]; then
+  { sed -n '1,2p' constraints.txt
+    "$VPY" -m pip freeze --exclude-editable | grep -v -i '^torch==' | LC_ALL=C sort -f; } > constraints.txt.new
+  mv constraints.txt.new constraints.txt
+  echo "setup.sh: constraints.txt rewritten; run the tests, then commit it"
+  WANT="$(cat pyproject.toml setup.sh constraints.txt | sha256sum | cut -c1-16)-gpu$GPU"
+fi
 echo "$WANT" > "$STAMP"
 echo "setup.sh: done. Run the chain: .venv/bin/python -m sidlib run    Tests: .venv/bin/python -m pytest"
