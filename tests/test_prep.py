@@ -373,3 +373,11 @@ def test_all_beauty_profile_keeps_the_official_split(shared_data):
     inter = prepared.interactions
     last = inter.groupby("user_id").tail(1).set_index("user_id")["item_id"]
     assert (prepared.split.set_index("user_id")["test"] == last).all()
+
+
+def test_repeat_test_share_counts_targets_seen_before():
+    split = pd.DataFrame({"user_id": [0, 1, 2, 3], "train": [[1, 2], [3], [4, 5], [6]], "valid": [7, 8, 5, 9],
+                          "test": [2, 9, 5, -1]})
+    # user 0: 2 in train; user 1: 9 unseen; user 2: 5 in train (and valid); user 3: no test item
+    assert P.repeat_share(split) == round(2 / 3, 4)
+    assert P.repeat_share(split.assign(test=[10, 11, 12, -1])) == 0.0

@@ -177,6 +177,18 @@ def dedupe(interactions: pd.DataFrame, by_split: bool = False) -> tuple[pd.DataF
     return interactions.loc[~dup].reset_index(drop=True), int(dup.sum())
 
 
+def repeat_share(split: pd.DataFrame) -> float:
+    """Share of test targets already in their user's earlier history (training part or valid
+    item): repeat consumption. At 0, a ranking should leave the history out of its candidates
+    (baselines.exclude_history), as no target is ever among them."""
+    test = split["test"].to_numpy()
+    has = test != splitlib.NONE
+    if not has.any():
+        return 0.0
+    seen = [t in set(tr) or t == v for t, tr, v in zip(test[has], split["train"][has], split["valid"].to_numpy()[has])]
+    return round(float(np.mean(seen)), 4)
+
+
 def sample_users(interactions: pd.DataFrame, max_users: int, seed: int) -> pd.DataFrame:
     """A deterministic sample of max_users users (all of them when max_users <= 0 or >= #users).
 
@@ -321,6 +333,7 @@ class Prepared:
             "interactions": int(len(self.interactions)),
             "mean_seq_len": round(float(lengths.mean()), 3) if len(lengths) else 0.0,
             "test_users": int((self.split["test"].to_numpy() != splitlib.NONE).sum()),
+            "repeat_test_share": repeat_share(self.split),
         }
 
     def save(self, folder: Path | str) -> Path:
@@ -597,4 +610,7 @@ def run(cfg: Config) -> PrepOutputs:
     raw = load_raw(cfg.data)
     prepared = prepare(raw, cfg.data, seed=cfg.seed)
     prepared.save(out)
+    if prepared.metrics()["repeat_test_share"] == 0 and not cfg.baselines.exclude_history:
+        log.warning("%s: no test target is in its user's history, yet baselines.exclude_history = false keeps "
+                    "history items among the candidates; set it to true", cfg.profile)
     return PrepOutputs(out, raw, prepared, prepared.metrics(), plot_distributions(prepared, out / "distributions.png"))
