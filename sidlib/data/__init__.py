@@ -33,7 +33,7 @@ __all__ = ["DataError", "RawData", "SOURCES", "load_raw"]
 
 log = logging.getLogger("sidlib.data")
 
-SOURCES = ("movielens", "lcrec", "amazon2018", "amazon2023", "amazon2023_benchmark")
+SOURCES = ("movielens", "lcrec", "amazon2018", "amazon2023", "amazon2023_benchmark", "tables")
 UNKNOWN_ITEM = "interaction with unknown item"
 
 
@@ -46,6 +46,10 @@ def load_raw(cfg: DataConfig) -> RawData:
         from sidlib.data.movielens import load_movielens
 
         return load_movielens(folder, cfg.name or "ml-100k", strict=cfg.strict)
+    if cfg.source == "tables":
+        from sidlib.data.tables import load_tables
+
+        return load_tables(cfg, folder)
     name = _require_name(cfg)
     if cfg.source == "lcrec":
         from sidlib.data.lcrec import load_lcrec
@@ -75,6 +79,8 @@ def _folder(cfg: DataConfig) -> Path | None:
     if cfg.path:
         return paths.resolve_data_path(cfg.path)
     if cfg.source == "movielens" or (cfg.source == "amazon2023" and cfg.hf_repo):
+        return None
+    if cfg.source == "tables":  # absolute items_file / interactions_file need no folder
         return None
     hint = " or data.hf_repo" if cfg.source == "amazon2023" else ""
     raise DataError(f"data.path is empty; source {cfg.source!r} needs a folder{hint} (set data.path)")
