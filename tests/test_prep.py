@@ -326,7 +326,8 @@ def test_load_missing_folder(tmp_path):
 
 def test_metrics_and_report():
     p = P.prepare(raw_of({"u1": list("abcd"), "u2": list("abc")}), cfg())
-    assert p.metrics() == {"users": 2, "items": 4, "interactions": 7, "mean_seq_len": 3.5, "test_users": 2}
+    assert p.metrics() == {"users": 2, "items": 4, "interactions": 7, "mean_seq_len": 3.5, "test_users": 2,
+                           "repeat_test_share": 0.0}
     assert p.report["config"] == dataclasses.asdict(cfg())
     assert [r["step"] for r in p.report["funnel"]][0] == "loaded"
 
