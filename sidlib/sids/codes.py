@@ -91,6 +91,7 @@ def add_dedup_level(
 # --------------------------------------------------------------------------- imports
 
 _LCREC_TOKEN_RE = re.compile(r"<([a-z])_(\d+)>")
+LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # LC-Rec names level l by the l-th letter: <a_12><b_7>...
 
 
 def _validate_imported(
@@ -177,7 +178,7 @@ def import_lcrec_index(
         if not toks or "".join(f"<{a}_{b}>" for a, b in toks) != text.replace(" ", ""):
             raise SidError(f"{where}: item {i!r}: expected tokens like <a_12><b_7>, got {entry!r}")
         letters = "".join(a for a, _ in toks)
-        expect = "abcdefghijklmnopqrstuvwxyz"[: len(toks)]
+        expect = LEVEL_LETTERS[: len(toks)]
         if letters != expect:
             raise SidError(f"{where}: item {i!r}: levels out of order ({letters!r}, expected {expect!r}): {entry!r}")
         if levels is None:
@@ -251,8 +252,6 @@ def import_codes_table(
 
 
 # --------------------------------------------------------------------------- export
-
-LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def export_lcrec_index(codes: np.ndarray, item_source_ids: Sequence[Any], path: str | Path) -> Path:
