@@ -34,8 +34,9 @@ class DataConfig:
     # movielens | lcrec | amazon2018 | amazon2023 (raw reviews + meta, local or hub)
     # | amazon2023_benchmark (official benchmark CSVs + meta)
     # | tables (your own catalogue: items_file + interactions_file, see sidlib/data/tables.py)
+    # | recbole (any RecBole atomic dataset <name>.inter + <name>.item, see sidlib/data/recbole.py)
     source: str = "movielens"
-    # Folder holding the files. "" = the source's default: the recbole wheel for movielens.
+    # Folder holding the files. "" = the source's default: the recbole wheel for movielens and recbole.
     # Relative paths resolve against the repository root; "shared:" prefix resolves against
     # the shared data folder ($SIDLIB_SHARED_DATA, else ../shared/data beside the repo).
     path: str = ""
@@ -58,11 +59,13 @@ class DataConfig:
     # relative to data.path, or absolute (then data.path may be "").
     items_file: str = ""  # one row per item: item id, title, optional description/brand/categories/features
     interactions_file: str = ""  # one row per event: user id, item id, timestamp, optional rating
-    # our name -> your column name, for the names that differ: user (user_id), item (item_id, both
-    # tables), timestamp, rating, title, description, brand, categories, features (default: our name)
+    # tables and recbole: our name -> your column (field) name, for the names that differ: user (user_id),
+    # item (item_id, both tables), timestamp, rating, title, description, brand, categories, features
+    # (default: our name)
     columns: dict = field(default_factory=dict)
     rating_threshold: float = 0.0  # keep interactions with rating >= this (needs a rating column; 0 = all)
     categories_sep: str = "|"  # splits categories / features given as one string ("a|b"); lists stay lists
+    seq_separator: str = " "  # recbole only: splits token_seq fields (RecBole's seq_separator)
 
 
 @dataclass

@@ -74,18 +74,19 @@ def test_movielens_atomic_files_malformed_rows(tmp_path):
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
         "1\tToy Story\t1995\tAnimation Children's Comedy\n"
         "2\tOld Film (1931)\tV\tFilm-Noir\n"
-        "3\tshort line\n")
+        "3\tshort line\n")  # a short line is empty trailing fields, as RecBole reads it: no year, no genre
     (tmp_path / "ml-100k.inter").write_text(
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-        "7\t1\t4\t881250949\n7\t2\tfour\t881250950\n8\t2\t3\t\n8\t3\t3\t881250951\n9\t1\t5\t881250949\n")
+        "7\t1\t4\t881250949\n7\t2\tfour\t881250950\n8\t2\t3\t\n8\t4\t3\t881250951\n9\t1\t5\t881250949\n")
     raw = load_raw(DataConfig(source="movielens", path=str(tmp_path)))
     check_schema(raw)
     assert raw.interactions.values.tolist() == [["7", "1", 881250949, 4.0], ["9", "1", 881250949, 5.0]]
-    assert raw.items.title.tolist() == ["Toy Story", "Old Film"]
-    assert raw.skipped == {"ml-100k.item: malformed line": 1, "ml-100k.inter: unparsable rating": 1,
-                           "ml-100k.inter: missing timestamp": 1,
+    assert raw.items.title.tolist() == ["Toy Story", "Old Film", "short line"]
+    assert raw.items.categories.tolist()[2] == [] and json.loads(raw.items.extra[1]) == {"release_year": 1931}
+    assert raw.skipped == {"ml-100k.inter: unparsable rating": 1,
+                           "ml-100k.inter: missing timestamp (row number, header excluded)": 1,
                            "ml-100k.inter: interaction with unknown item": 1}
-    with pytest.raises(DataError, match=r"ml-100k\.item:4: malformed line"):
+    with pytest.raises(DataError, match=r"ml-100k\.inter:2: unparsable rating: 'four'"):
         load_raw(DataConfig(source="movielens", path=str(tmp_path), strict=True))
 
 

@@ -33,7 +33,7 @@ __all__ = ["DataError", "RawData", "SOURCES", "load_raw"]
 
 log = logging.getLogger("sidlib.data")
 
-SOURCES = ("movielens", "lcrec", "amazon2018", "amazon2023", "amazon2023_benchmark", "tables")
+SOURCES = ("movielens", "recbole", "lcrec", "amazon2018", "amazon2023", "amazon2023_benchmark", "tables")
 UNKNOWN_ITEM = "interaction with unknown item"
 
 
@@ -50,6 +50,10 @@ def load_raw(cfg: DataConfig) -> RawData:
         from sidlib.data.tables import load_tables
 
         return load_tables(cfg, folder)
+    if cfg.source == "recbole":
+        from sidlib.data.recbole import load_recbole
+
+        return load_recbole(cfg, folder)
     name = _require_name(cfg)
     if cfg.source == "lcrec":
         from sidlib.data.lcrec import load_lcrec
@@ -78,8 +82,8 @@ def _folder(cfg: DataConfig) -> Path | None:
     """Resolve data.path; "" is only valid where the source has a default (movielens, hub)."""
     if cfg.path:
         return paths.resolve_data_path(cfg.path)
-    if cfg.source == "movielens" or (cfg.source == "amazon2023" and cfg.hf_repo):
-        return None
+    if cfg.source in ("movielens", "recbole") or (cfg.source == "amazon2023" and cfg.hf_repo):
+        return None  # the recbole wheel's dataset_example folder / the hub
     if cfg.source == "tables":  # absolute items_file / interactions_file need no folder
         return None
     hint = " or data.hf_repo" if cfg.source == "amazon2023" else ""

@@ -169,7 +169,12 @@ def _row(path: Path, i: int) -> str:
 def read_items(path: Path, cols: dict[str, str], sep: str, skips: SkipLog,
                explicit: set[str] | None = None) -> pd.DataFrame:
     """Items frame in the schema's columns; duplicate ids with different titles raise."""
-    df = read_table(path, [cols["item"]])
+    return items_frame(read_table(path, [cols["item"]]), path, cols, sep, skips, explicit)
+
+
+def items_frame(df: pd.DataFrame, path: Path, cols: dict[str, str], sep: str, skips: SkipLog,
+                explicit: set[str] | None = None) -> pd.DataFrame:
+    """`read_items` of a table already read (`path` names it in messages); the RecBole loader uses it too."""
     have = _require(df, path, cols, ITEM_REQUIRED, ITEM_OPTIONAL, _explicit(cols, explicit))
     ids = _id_column(df[have["item"]])
     no_id = ids.isna().to_numpy()
@@ -238,7 +243,8 @@ def _lists(df: pd.DataFrame, have: dict[str, str], key: str, sep: str, path: Pat
         if isinstance(v, dict):
             raise DataError(f"{path}: column {col!r} holds a JSON object {str(v)[:80]!r}; "
                             f"expected a list or a {sep!r}-separated string")
-        return [p.strip() for p in str(v).split(sep) if p.strip()] if sep else [str(v).strip()]
+        text = str(v).strip()
+        return [p.strip() for p in text.split(sep) if p.strip()] if sep else ([text] if text else [])
 
     out[:] = [one(v) for v in df[col].tolist()]  # per item, not per interaction: items are few
     return out
@@ -281,7 +287,13 @@ def _check_duplicates(ids: pd.Series, title: pd.Series, path: Path) -> None:
 def read_interactions(path: Path, cols: dict[str, str], threshold: float, skips: SkipLog,
                       explicit: set[str] | None = None) -> pd.DataFrame:
     """user_id, item_id, timestamp (int64 epoch s), rating (float64, NaN when absent); file order."""
-    df = read_table(path, [cols["user"], cols["item"]])
+    return interactions_frame(read_table(path, [cols["user"], cols["item"]]), path, cols, threshold, skips, explicit)
+
+
+def interactions_frame(df: pd.DataFrame, path: Path, cols: dict[str, str], threshold: float, skips: SkipLog,
+                       explicit: set[str] | None = None, skipped: np.ndarray | None = None) -> pd.DataFrame:
+    """`read_interactions` of a table already read (`path` names it in messages). `skipped`: rows
+    the caller has already counted as skips (a typed file's unparsable numbers); they are dropped too."""
     have = _require(df, path, cols, INTER_REQUIRED, INTER_OPTIONAL, _explicit(cols, explicit))
     user = _id_column(df[have["user"]])
     item = _id_column(df[have["item"]])
@@ -292,7 +304,7 @@ def read_interactions(path: Path, cols: dict[str, str], threshold: float, skips:
     if threshold > 0 and "rating" not in have:
         raise DataError(f"{path}: data.rating_threshold = {threshold} needs a rating column "
                         f"({cols['rating']!r} not found; columns found: {list(df.columns)})")
-    bad = np.zeros(len(df), dtype=bool)
+    bad = np.zeros(len(df), dtype=bool) if skipped is None else skipped.copy()
     for mask, reason in ((user.isna().to_numpy(), "missing user id"),
                          (item.isna().to_numpy(), "missing item id"),
                          (ts_missing, "missing timestamp")):
