@@ -1,11 +1,13 @@
-"""Command line: `python -m sidlib run [--profile NAME] [--stages 01-02] [--set k=v ...] [--force]`."""
+"""Command line: `python -m sidlib run [--profile NAME|PATH.toml] [--stages 01-02] [--set k=v ...] [--force]`,
+`python -m sidlib new-profile --items FILE --interactions FILE` (a starter profile for your tables)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 
-from . import config
+from . import config, new_profile
+from .data.schema import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("show", help="print a profile's resolved settings")
     s.add_argument("--profile", default=config.DEFAULT_PROFILE)
     s.add_argument("--set", dest="overrides", action="append", default=[])
+    n = sub.add_parser("new-profile", help="write a starter profile for your items and interactions tables")
+    new_profile.add_arguments(n)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # the runner prints its own progress lines
 
     try:
+        if args.cmd == "new-profile":
+            return new_profile.run(args)
         if args.cmd == "profiles":
             for p in config.list_profiles():
                 print(f"{p:14s} {config.load(p).description}")
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from . import runner
         return runner.run(args.profile, args.stages, overrides, args.force)
-    except config.ConfigError as e:
+    except (config.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
