@@ -93,12 +93,20 @@ def fingerprint(stage: Stage, cfg: config_mod.Config) -> dict[str, Any]:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value:
-            inputs[key] = outputs_hash(paths.resolve_data_path(value))
+            inputs[key] = outputs_hash(_external_path(cfg, key, value))
     return {
         "notebook": _hash_file(stage.notebook),
         "params": cfg.section_hash(*stage.sections),
         "inputs": inputs,
     }
+
+
+def _external_path(cfg: config_mod.Config, key: str, value: str) -> Path:
+    """Where an external input lives: the tables' files are relative to data.path (or absolute)."""
+    if key in ("data.items_file", "data.interactions_file") and not Path(value).expanduser().is_absolute() \
+            and cfg.data.path:
+        return paths.resolve_data_path(cfg.data.path) / value
+    return paths.resolve_data_path(value)
 
 
 def is_fresh(stage: Stage, cfg: config_mod.Config) -> bool:

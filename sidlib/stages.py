@@ -47,7 +47,7 @@ class Stage:
         return [w for w in self.writes if not (d / w.rstrip("/")).exists()]
 
 
-PREP = Stage("01-prep", "prep", ("data",), external=("data.path",),
+PREP = Stage("01-prep", "prep", ("data",), external=("data.path", "data.items_file", "data.interactions_file"),
              writes=("items.parquet", "interactions.parquet", "sequences.parquet", "split.parquet",
                      "users.parquet", "pairs.parquet", "prep_report.json"),
              title="raw data -> items, chronological user sequences, k-core, leave-one-out split")

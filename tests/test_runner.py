@@ -105,3 +105,25 @@ def test_a_profile_file_runs_the_chain_and_claims_its_folder(tmp_roots, tmp_path
     with pytest.raises(config.ConfigError, match="holds the runs of the profile file"):
         runner.run(str(twin), "01", echo=lines.append)
     assert runner.run("smoke", "01", echo=lines.append) == 0  # the packaged smoke has its own folder
+
+
+def test_an_edited_table_outside_data_path_reruns_prep(tmp_path):
+    """The tables' files are inputs of 01 wherever they are: inside data.path (relative) or beside
+    it (absolute); editing either changes 01's fingerprint."""
+    inside, outside = tmp_path / "data", tmp_path / "exports"
+    inside.mkdir(), outside.mkdir()
+    (inside / "items.csv").write_text("item_id,title\nA,Pen\n")
+    (outside / "events.csv").write_text("user_id,item_id,timestamp\nu,A,1\n")
+    f = tmp_path / "shop.toml"
+    f.write_text(f'base = "smoke"\n[data]\nsource = "tables"\npath = "data"\nitems_file = "items.csv"\n'
+                 f'interactions_file = "{outside / "events.csv"}"\n')
+    cfg = config.load(str(f))
+    before = runner.fingerprint(stages.PREP, cfg)["inputs"]
+    assert set(before) == {"data.path", "data.items_file", "data.interactions_file"}
+    (outside / "events.csv").write_text("user_id,item_id,timestamp\nu,A,1\nu,A,2\n")
+    after = runner.fingerprint(stages.PREP, cfg)["inputs"]
+    assert after["data.interactions_file"] != before["data.interactions_file"]
+    assert after["data.items_file"] == before["data.items_file"] and after["data.path"] == before["data.path"]
+    (inside / "items.csv").write_text("item_id,title\nA,Red pen\n")
+    again = runner.fingerprint(stages.PREP, cfg)["inputs"]
+    assert again["data.items_file"] != after["data.items_file"] and again["data.path"] != after["data.path"]
