@@ -301,3 +301,23 @@ def test_settings_from_a_profile_override():
     assert cfg.data.columns == {"user": "customer"} and cfg.data.rating_threshold == 4.0
     assert cfg.data.items_file == "items.csv" and cfg.data.categories_sep == "|"
     assert config.load(config.DEFAULT_PROFILE).data.columns == {}
+
+
+def test_a_data_path_that_does_not_exist_and_a_user_with_one_event(tmp_path):
+    """A relative data.path in a profile file resolves against the file and, missing, is named as
+    the setting at fault; a user with one event is dropped by min_seq_len, counted in the report."""
+    from sidlib import config
+
+    f = tmp_path / "shop.toml"
+    f.write_text('base = "smoke"\n[data]\nsource = "tables"\npath = "exports"\nitems_file = "items.csv"\n'
+                 'interactions_file = "inter.csv"\n[data.columns]\nuser = "customer"\nitem = "sku"\n'
+                 'timestamp = "when"\ntitle = "name"\nrating = "stars"\n')
+    with pytest.raises(DataError, match=r"data\.path = '.*exports': no such folder .*relative to that file"):
+        load_raw(config.load(str(f)).data)
+    (tmp_path / "exports").mkdir()
+    inter = pd.concat([inter_frame(), pd.DataFrame({"customer": ["loner"], "sku": ["C3"], "when": [T0], "stars": [5]})])
+    write_pair(tmp_path / "exports", ".csv", inter=inter)
+    cfg = config.load(str(f), {"data.kcore": 0}).data
+    prep = prepare(load_raw(cfg), cfg, seed=0)
+    assert prep.report["dropped"]["users"]["min_seq_len=3"] == 3  # u2, u3 (2 events each) and the loner
+    assert len(prep.users) == 1

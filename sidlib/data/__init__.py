@@ -81,7 +81,11 @@ def load_raw(cfg: DataConfig) -> RawData:
 def _folder(cfg: DataConfig) -> Path | None:
     """Resolve data.path; "" is only valid where the source has a default (movielens, hub)."""
     if cfg.path:
-        return paths.resolve_data_path(cfg.path)
+        folder = paths.resolve_data_path(cfg.path)
+        if not folder.exists():  # before any file in it is looked for: the setting is what is wrong
+            raise DataError(f"data.path = {cfg.path!r}: no such folder {folder} (a relative path in a profile "
+                            "file is relative to that file; elsewhere to the repository)")
+        return folder
     if cfg.source in ("movielens", "recbole") or (cfg.source == "amazon2023" and cfg.hf_repo):
         return None  # the recbole wheel's dataset_example folder / the hub
     if cfg.source == "tables":  # absolute items_file / interactions_file need no folder
