@@ -111,10 +111,11 @@ async def _stream(engine: Engine, req: ChatRequest) -> StreamingResponse:
                                            lambda text: put("text", text), cancel))
     first = asyncio.ensure_future(events.get())
     await asyncio.wait({job, first}, return_when=asyncio.FIRST_COMPLETED)
-    if not first.done():  # the job ended before the prompt was accepted: its error is the answer
-        first.cancel()
-        job.result()
-        raise RuntimeError("a chat job ended without starting")  # unreachable: complete() starts or raises
+    if not first.done():
+        first.cancel()  # a cancelled get leaves its item in the queue
+        if events.empty():  # the job ended before the prompt was accepted: its error is the answer
+            job.result()
+            raise RuntimeError("a chat job ended without starting")  # unreachable: complete() starts or raises
     cid, created = _ids()
     usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -129,14 +130,18 @@ async def _stream(engine: Engine, req: ChatRequest) -> StreamingResponse:
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
-                text = asyncio.ensure_future(events.get())
-                await asyncio.wait({job, text}, return_when=asyncio.FIRST_COMPLETED)
-                if text.done():
-                    yield chunk({"content": text.result()[1]})
+                got = asyncio.ensure_future(events.get())
+                await asyncio.wait({job, got}, return_when=asyncio.FIRST_COMPLETED)
+                if got.done():
+                    kind, text = got.result()
+                    if kind == "text":  # ("start", n) is only still here when the job was quick
+                        yield chunk({"content": text})
                     continue
-                text.cancel()
+                got.cancel()
                 while not events.empty():  # deltas put just before the job finished
-                    yield chunk({"content": events.get_nowait()[1]})
+                    kind, text = events.get_nowait()
+                    if kind == "text":
+                        yield chunk({"content": text})
                 break
             try:
                 done = job.result()
