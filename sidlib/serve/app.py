@@ -45,7 +45,7 @@ def build_app(engine: Engine) -> FastAPI:
         if req.stream:
             return await _stream(engine, req)
         done = await engine.run(engine.complete, req, None, None, None)
-        return completion_body(engine, req, done)
+        return completion_body(engine, done)
 
     @app.post("/v1/recommend")
     async def recommend(req: RecommendRequest) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def _usage(done: Completion) -> dict[str, int]:
             "total_tokens": g.prompt_tokens + g.completion_tokens}
 
 
-def completion_body(engine: Engine, req: ChatRequest, done: Completion) -> dict[str, Any]:
+def completion_body(engine: Engine, done: Completion) -> dict[str, Any]:
     cid, created = _ids()
     choice = {"index": 0, "message": {"role": "assistant", "content": done.gen.raw}, "logprobs": None,
               "finish_reason": done.gen.finish, **_extras(done)}
