@@ -12,9 +12,11 @@ the same processor serves greedy, sampling and beam search (beams are rows), bat
 
 `render` turns SIDs in generated text into titles for people: a known SID becomes its title,
 an unknown one its longest known prefix, marked, or "unknown SID" — never an exception.
+`match_sids` gives the same lookups as data (the server's `items` of a reply).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -164,26 +166,45 @@ def blank_tokens(tokenizer: Any) -> torch.Tensor:
     return torch.tensor([not tokenizer.decode([i]).strip() for i in range(n)], dtype=torch.bool)
 
 
+@dataclass(frozen=True)
+class SidMatch:
+    """One SID block of a text and the item it names: "exact" (its codes are the item's),
+    "prefix" (no item has them; `item` is the smallest item sharing the longest known prefix of
+    `depth` codes) or "none" (malformed, or not even the first code matches: `item` is None)."""
+
+    span: tuple[int, int]  # character span of the block in the text
+    match: str
+    item: int | None
+    depth: int  # leading codes shared with `item` (scheme.levels for an exact match)
+
+
+def match_sids(text: str, table: SidTable) -> list[SidMatch]:
+    """Every SID block of `text`, in order, matched to the table (the lookups `render` shows)."""
+    scheme, trie = table.scheme, table.trie()
+    out = []
+    for span, codes in scheme.find_all(text):
+        item = trie.item_of(codes) if codes is not None else None
+        if item is not None:
+            out.append(SidMatch(span, "exact", int(item), scheme.levels))
+            continue
+        depth, example = trie.longest_known_prefix(codes) if codes is not None else (0, None)
+        out.append(SidMatch(span, "prefix", example, depth) if example is not None else SidMatch(span, "none", None, 0))
+    return out
+
+
 def render(text: str, table: SidTable, mark: bool = True) -> str:
     """Every SID in `text` replaced by a readable name: the item's title; for a SID that names no
     item, the title of an item sharing its longest known prefix, marked "(L2 match)", or
     "[unknown SID]" when not even the first code matches."""
-    scheme, trie = table.scheme, table.trie()
     out, last = [], 0
-    for (a, b), codes in scheme.find_all(text):
+    for m in match_sids(text, table):
+        a, b = m.span
         out.append(text[last:a])
-        item = trie.item_of(codes) if codes is not None else None
-        if item is not None:
-            out.append(f"[{table.df['title'].iat[int(np.searchsorted(table.item_ids, item))]}]")
-        elif codes is not None:
-            depth, example = trie.longest_known_prefix(codes)
-            if example is None:
-                out.append("[unknown SID]")
-            else:
-                title = table.df["title"].iat[int(np.searchsorted(table.item_ids, example))]
-                out.append(f"[{title} (L{depth} match)]" if mark else f"[{title}]")
-        else:
+        if m.item is None:
             out.append("[unknown SID]")
+        else:
+            title = table.df["title"].iat[int(np.searchsorted(table.item_ids, m.item))]
+            out.append(f"[{title} (L{m.depth} match)]" if m.match == "prefix" and mark else f"[{title}]")
         last = b
     out.append(text[last:])
     return "".join(out)

@@ -10,13 +10,15 @@ existing item; free text is untouched); `constrained=False` shows what the model
 Rendering never fails: a SID that names no item is shown by the title of an item sharing its
 longest known prefix, marked "(L2 match)", or as "[unknown SID]" (sidlib.llm.decode.render).
 `recommend` ranks items for a history by constrained beam search, as 09-eval does.
+`generate_reply` is one turn's generation (constraint, reply rules, stop strings, time limit,
+streaming): the Chat and the server (sidlib.serve) both answer through it.
 """
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from transformers import StoppingCriteriaList
 
 from ..config import Config
 from ..sids import REC, SidTable
 from ..text import is_missing
-from .decode import ReplyOnly, ReplyRules, blank_tokens, render
+from .decode import ReplyOnly, ReplyRules, render
 from .finetuned import load_finetuned
 from .generate import Decoder, rec_messages
 from .tasks import templates_of, words_for
@@ -64,7 +67,6 @@ class Chat:
 
     def __post_init__(self) -> None:
         self.dec = Decoder(self.model, self.tok, self.table, self.cfg.llm)
-        self._blank: torch.Tensor | None = None
 
     @classmethod
     def load(cls, cfg: Config, model_dir: str = "", **kw: Any) -> Chat:
@@ -77,7 +79,6 @@ class Chat:
         system = self.cfg.sft.system_prompt if self.system is None else self.system
         return ([{"role": "system", "content": system}] if system else []) + list(self.history)
 
-    @torch.no_grad()
     def __call__(self, text: str) -> Reply:
         """Send a user message; the reply joins the history (so the next turn can refine it).
 
@@ -86,27 +87,12 @@ class Chat:
         model needed it). An empty reply (only possible with the constraint off) is not stored."""
         user = {"role": "user", "content": text}
         ids = self.dec.prompt(self.messages() + [user])
-        x = torch.tensor([ids], device=next(self.model.parameters()).device)
-        max_new = self.max_new_tokens or self.cfg.eval.max_new_tokens
-        kw: dict[str, Any] = dict(do_sample=self.sample, temperature=self.temperature, top_p=1.0, top_k=0) \
-            if self.sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        procs: list[Any] = []
-        rules = None
-        if self.constrained:
-            if self._blank is None:
-                self._blank = blank_tokens(self.tok)
-            con = self.dec.constraint
-            rules = ReplyRules(con.start_id, con.end_id, self.dec.ends, self._blank, self.table.scheme.levels,
-                               len(ids), max_new, require_sid=REC in text)
-            procs = [rules, ReplyOnly(con, len(ids))]  # the rules may open a block; the constraint fills it
-        out = self.model.generate(
-            x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, logits_processor=procs or None,
-            eos_token_id=self.dec.ends, pad_token_id=self.dec.pad_id, **kw)
-        raw = self.dec.reply_text(out[0, len(ids):].tolist())
-        if raw:
-            self.history += [user, {"role": "assistant", "content": raw}]
-        assisted = bool(rules is not None and rules.intervened is not None and rules.intervened.any())
-        return Reply(raw, self.render(raw), constrained=self.constrained, assisted=assisted)
+        g = generate_reply(self.dec, ids, self.max_new_tokens or self.cfg.eval.max_new_tokens,
+                           constrained=self.constrained, require_sid=REC in text, sample=self.sample,
+                           temperature=self.temperature)
+        if g.raw:
+            self.history += [user, {"role": "assistant", "content": g.raw}]
+        return Reply(g.raw, self.render(g.raw), constrained=self.constrained, assisted=g.assisted)
 
     def reset(self) -> None:
         self.history.clear()
@@ -133,6 +119,72 @@ class Chat:
 
     def title(self, item: int) -> str:
         return str(self.table.df["title"].iat[int(item)])
+
+
+# --------------------------------------------------------------------------- one reply
+# The Chat's turn and the server's (sidlib.serve) completion are this one call.
+
+
+@dataclass
+class Generated:
+    """One generated reply and how it ended."""
+
+    raw: str  # what the model wrote up to its end of turn (or a stop string), SID tokens included
+    assisted: bool  # a reply rule (never empty, a SID for <|rec|>) changed the model's choice
+    finish: str  # "stop": the model ended its turn or wrote a stop string; "length": max_new or max_time ran out
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def wants_sid(messages: Sequence[Mapping[str, str]]) -> bool:
+    """A `<|rec|>` in the last user message asks for an item now (06's rec tasks end with it)."""
+    user = [m for m in messages if m.get("role") == "user"]
+    return bool(user) and REC in str(user[-1].get("content", ""))
+
+
+@torch.no_grad()
+def generate_reply(dec: Decoder, prompt: Sequence[int], max_new: int, constrained: bool = True,
+                   require_sid: bool = False, sample: bool = False, temperature: float = 0.7, top_p: float = 1.0,
+                   stop: Sequence[str] = (), max_time: float | None = None, streamer: Any = None,
+                   stopping: Sequence[Any] = ()) -> Generated:
+    """The assistant's reply to a prompt (token ids ending where the answer begins).
+
+    constrained: the SidConstraint on every SID block, and the reply rules (never empty;
+    `require_sid`: at least one closed SID, as a `<|rec|>` request wants). Greedy unless `sample`.
+    stop: strings that end the reply (not included, as OpenAI's `stop`); max_time: seconds for
+    the whole generation (then it ends as "length"); streamer / stopping: transformers'
+    streamer and extra StoppingCriteria, passed through."""
+    model = dec.model
+    x = torch.tensor([list(prompt)], device=next(model.parameters()).device)
+    kw: dict[str, Any] = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if sample \
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stop:
+        kw.update(stop_strings=list(stop), tokenizer=dec.tok)
+    procs: list[Any] = []
+    rules = None
+    if constrained:
+        con = dec.constraint
+        rules = ReplyRules(con.start_id, con.end_id, dec.ends, dec.blank, dec.table.scheme.levels, len(prompt),
+                           max_new, require_sid=require_sid)
+        procs = [rules, ReplyOnly(con, len(prompt))]  # the rules may open a block; the constraint fills it
+    out = model.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, logits_processor=procs or None,
+        eos_token_id=dec.ends, pad_token_id=dec.pad_id, max_time=max_time, streamer=streamer,
+        stopping_criteria=StoppingCriteriaList(stopping) if stopping else None, **kw)
+    new = out[0, len(prompt):].tolist()
+    ended = next((i for i, t in enumerate(new) if t in dec.ends), None)
+    raw = dec.reply_text(new)
+    cut = cut_at_stop(raw, stop)
+    assisted = bool(rules is not None and rules.intervened is not None and rules.intervened.any())
+    return Generated(cut if cut is not None else raw, assisted,
+                     "stop" if ended is not None or cut is not None else "length",
+                     len(prompt), len(new) if ended is None else ended + 1)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+    """`text` before the first stop string it holds (stripped), None when it holds none."""
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(hits)].strip() if hits else None
 
 
 # --------------------------------------------------------------------------- prompts for the examples

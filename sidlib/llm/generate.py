@@ -34,7 +34,7 @@ from ..models.beam import BeamResult, beam_search
 from ..sids import REC, SID_START, CodeTrie, SidTable
 from . import chat, tasks, vocab
 from .chat import end_token_ids
-from .decode import SidConstraint
+from .decode import SidConstraint, blank_tokens
 
 
 # --------------------------------------------------------------------------- decoding primitives
@@ -174,6 +174,12 @@ class Decoder:
         self.ends = end_token_ids(tok, model)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.ends[0]
         model.config.use_cache = True  # 08 trains without the cache; generation needs it
+
+    @functools.cached_property
+    def blank(self) -> torch.Tensor:
+        """[vocab] True for the tokens that show nothing (the reply rules' "never empty"); a
+        decode of every token, so made once, when a reply first needs it."""
+        return blank_tokens(self.tok)
 
     def prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         return chat.prompt_ids(self.tok, messages, self.llm)
