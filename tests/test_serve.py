@@ -10,12 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import openai  # the dev extra installs it: a missing client is a failure here, not a skip
 import pytest
 
 from sidlib import config, runner
 from sidlib.serve import Engine, ServerThread, build_app
-
-openai = pytest.importorskip("openai")
 
 FAST = {"sft.max_per_task": 16, "sft.valid_per_task": 2, "finetune.stage1_steps": 1,
         "finetune.stage2_max_steps": 1, "finetune.max_train_samples": 16, "eval.max_new_tokens": 24}
