@@ -301,6 +301,9 @@ class FinetuneConfig:
     """08-finetune: stage 1 (new token embeddings only) then stage 2 (whole model)."""
 
     init: str = "text"  # new SID rows: text (mean LLM embedding of the titles carrying the code) | mean
+    # input rows that show where in a SID a token sits: <|sid_start|>/<|sid_end|>/<|rec|> from "[", "]",
+    # "recommend", each level's code rows marked with a letter (sidlib.llm.vocab.mark_structure)
+    structure: bool = False
     # stage 1: "cached" fits the new output rows on hidden states of a frozen trunk, computed once
     # (sidlib.llm.head: forward only, then many epochs in seconds); "trainer" trains the new input
     # and output rows through the whole model for stage1_steps Trainer steps

@@ -335,3 +335,34 @@ def test_auto_attention_per_device(monkeypatch):
     assert train.resolve_attn(ft, "cuda") == "sdpa"
     ft.attn = "eager"
     assert train.resolve_attn(ft, "cuda") == "eager"
+
+
+def test_structure_rows_tell_the_trunk_where_in_a_sid_it_is(table):
+    """finetune.structure: <|sid_start|>, <|sid_end|>, <|rec|> get distinct input rows ("[", "]",
+    "recommend") and each level's code rows one shared level offset over the title init; the
+    output rows are those of the plain init."""
+    cfg = cfg_tiny()
+    rows = {}
+    for structure in (False, True):
+        tok = base.load_tokenizer(cfg.llm)
+        model = base.tiny_model(cfg.llm, len(tok))
+        torch.manual_seed(0)
+        with torch.no_grad():  # the same base rows for both inits
+            model.get_input_embeddings().weight.normal_()
+            model.get_output_embeddings().weight.normal_()
+        vocab.resize_and_init(model, tok, table.scheme, "text", table.codes, table.df["title"].tolist(),
+                              structure=structure)
+        rows[structure] = (model.get_input_embeddings().weight.detach().clone(),
+                           model.get_output_embeddings().weight.detach().clone())
+    ids = vocab.sid_token_ids(tok, table.scheme)
+    start, end, rec = ids[-3:]
+    plain, marked = rows[False][0], rows[True][0]
+    assert torch.equal(plain[start], plain[end]) and torch.equal(plain[end], plain[rec])  # one mean row
+    assert not torch.allclose(marked[start], marked[end]) and not torch.allclose(marked[end], marked[rec])
+    assert torch.equal(marked[start], plain[tok.convert_tokens_to_ids("[")])
+    shift = marked[ids[: len(ids) - 3]] - plain[ids[: len(ids) - 3]]
+    for level in range(table.scheme.levels):
+        first, last = table.scheme.level_token_range(level)
+        assert torch.allclose(shift[first:last + 1], shift[first].expand(last - first + 1, -1), atol=1e-5)
+    assert not torch.allclose(shift[0], shift[table.scheme.level_token_range(1)[0]])  # levels differ
+    assert torch.equal(rows[False][1], rows[True][1])  # output rows untouched

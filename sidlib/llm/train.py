@@ -436,7 +436,8 @@ def prepare_model(cfg: Config, table: SidTable, device: str, attn: str) -> tuple
         model = base.tiny_model(cfg.llm, n_before)
     else:
         model = base.load_model(cfg.llm, device="cpu", attn=attn)
-    info = vocab.resize_and_init(model, tok, table.scheme, cfg.finetune.init, table.codes, table.df["title"].tolist())
+    info = vocab.resize_and_init(model, tok, table.scheme, cfg.finetune.init, table.codes, table.df["title"].tolist(),
+                                 structure=cfg.finetune.structure)
     model.config.use_cache = False  # training; generation turns it back on
     return model, tok, info
 

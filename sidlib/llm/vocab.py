@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..sids import SidScheme
+from ..sids.codes import LEVEL_LETTERS
 from .base import LLMError
 
 INITS = ("text", "mean")
@@ -101,10 +102,12 @@ def code_rows(item_rows: torch.Tensor, codes: np.ndarray, scheme: SidScheme) -> 
 
 @torch.no_grad()
 def resize_and_init(model: Any, tokenizer: Any, scheme: SidScheme, method: str = "text",
-                    codes: np.ndarray | None = None, titles: Sequence[str] | None = None) -> dict[str, Any]:
+                    codes: np.ndarray | None = None, titles: Sequence[str] | None = None,
+                    structure: bool = False) -> dict[str, Any]:
     """Add rows for the new tokens to both embedding matrices (untied) and initialise them.
 
-    `codes` [items, levels] and `titles` are needed for method="text". Old rows are unchanged."""
+    `codes` [items, levels] and `titles` are needed for method="text". Old rows are unchanged.
+    structure: also mark where in a SID each input row sits (`mark_structure`)."""
     if method not in INITS:
         raise LLMError(f"finetune.init={method!r}: expected one of {INITS}")
     ids = add_sid_tokens(tokenizer, scheme)
@@ -132,8 +135,42 @@ def resize_and_init(model: Any, tokenizer: Any, scheme: SidScheme, method: str =
         else:
             emb[code_ids] = code_rows(text_rows(base, token_lists), codes, scheme).to(emb.dtype)
         emb[special_ids] = mean.to(emb.dtype)
+    if structure:
+        mark_structure(model.get_input_embeddings().weight, tokenizer, scheme, old, ids)
     return {"added": len(tokenizer) - old, "vocab_before": old, "vocab_after": len(tokenizer),
             "embedding_rows": int(model.get_input_embeddings().weight.shape[0]), "untied": tied, "init": method}
+
+
+# what the input rows of <|sid_start|>, <|sid_end|>, <|rec|> start from with `structure`
+STRUCTURE_TEXT = ("[", "]", " recommend")
+
+
+@torch.no_grad()
+def mark_structure(emb: torch.Tensor, tokenizer: Any, scheme: SidScheme, old: int, ids: Sequence[int]) -> None:
+    """Input rows that tell a frozen trunk where in a SID it is (finetune.structure).
+
+    With the plain init, <|sid_start|>, <|sid_end|> and <|rec|> share one input row (the mean) and
+    the code rows of every level are title means alike, so the trunk's hidden state after
+    <|sid_start|> equals the one after <|sid_end|>, and a level-1 code looks like a level-3 one.
+    Stage 1 on cached states (sidlib.llm.head) only fits output rows on those states, so it cannot
+    learn "after <|sid_start|> comes a level-1 code": on whole-history listings it predicted
+    <|sid_start|> after <|sid_start|> and the dedup code after every level (docs/benchmarks.md).
+    Here the three special tokens start from the rows of "[", "]" and "recommend", and each code
+    row of level l gains (row of the letter of l) - (mean row): the title meaning stays, the
+    level becomes visible. Output rows are left alone (they start where they never win)."""
+    base = emb[:old].float()
+    mean = base.mean(0)
+
+    def text_row(text: str) -> torch.Tensor:
+        toks = [t for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t < old]
+        return base[toks].mean(0) if toks else mean
+
+    for level in range(scheme.levels):
+        first, last = scheme.level_token_range(level)
+        emb[list(ids[first: last + 1])] += (text_row(" " + LEVEL_LETTERS[level].upper()) - mean).to(emb.dtype)
+    n_codes = scheme.num_code_tokens
+    for tid, text in zip(ids[n_codes:], STRUCTURE_TEXT):
+        emb[tid] = text_row(text).to(emb.dtype)
 
 
 def n_old_tokens(tokenizer: Any, scheme: SidScheme) -> int:
