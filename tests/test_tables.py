@@ -312,7 +312,7 @@ def test_a_data_path_that_does_not_exist_and_a_user_with_one_event(tmp_path):
     f.write_text('base = "smoke"\n[data]\nsource = "tables"\npath = "exports"\nitems_file = "items.csv"\n'
                  'interactions_file = "inter.csv"\n[data.columns]\nuser = "customer"\nitem = "sku"\n'
                  'timestamp = "when"\ntitle = "name"\nrating = "stars"\n')
-    with pytest.raises(DataError, match=r"data\.path = '.*exports': no such folder .*relative to that file"):
+    with pytest.raises(DataError, match=r"data\.path = '.*exports': no such folder .*expected the folder of the 'tables' files \(a relative path in a profile file is relative to that file"):
         load_raw(config.load(str(f)).data)
     (tmp_path / "exports").mkdir()
     inter = pd.concat([inter_frame(), pd.DataFrame({"customer": ["loner"], "sku": ["C3"], "when": [T0], "stars": [5]})])

@@ -83,8 +83,9 @@ def _folder(cfg: DataConfig) -> Path | None:
     if cfg.path:
         folder = paths.resolve_data_path(cfg.path)
         if not folder.exists():  # before any file in it is looked for: the setting is what is wrong
-            raise DataError(f"data.path = {cfg.path!r}: no such folder {folder} (a relative path in a profile "
-                            "file is relative to that file; elsewhere to the repository)")
+            raise DataError(f"data.path = {cfg.path!r}: no such folder {folder}; expected the folder of the "
+                            f"{cfg.source!r} files (a relative path in a profile file is relative to that file, "
+                            "elsewhere to the repository)")
         return folder
     if cfg.source in ("movielens", "recbole") or (cfg.source == "amazon2023" and cfg.hf_repo):
         return None  # the recbole wheel's dataset_example folder / the hub
