@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import re
@@ -37,9 +36,8 @@ import pandas as pd
 from . import config
 from .data import load_raw, prep
 from .data.schema import DataError, RawData
-from .data.tables import DEFAULT_COLUMNS, ITEM_OPTIONAL, read_table
+from .data.tables import DEFAULT_COLUMNS, ITEM_OPTIONAL, MS_FROM, read_table
 
-log = logging.getLogger("sidlib.new_profile")
 
 # our name -> column names seen in public datasets and shop exports (compared lower-case, letters and
 # digits only). Order matters: the first present wins.
@@ -131,7 +129,7 @@ def time_kind(s: pd.Series) -> str:
     num = pd.to_numeric(s, errors="coerce")
     if num.notna().mean() < 0.5:
         return "dates as text (ISO 8601)"
-    return "epoch milliseconds" if float(num.median()) >= 1e11 else "epoch seconds (or an order)"
+    return "epoch milliseconds" if float(num.median()) >= MS_FROM else "epoch seconds (or an order)"
 
 
 def survey(raw: RawData, time: str, has_rating: bool) -> Survey:
@@ -266,12 +264,6 @@ def parse_map(pairs: list[str]) -> dict[str, str]:
             raise DataError(f"--map {p!r}: expected NAME=COLUMN, e.g. --map item=sku")
         out[key.strip()] = col.strip()
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sidlib new-profile", description=__doc__.split("\n")[0])
-    add_arguments(ap)
-    return run(ap.parse_args(argv))
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
