@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -10,9 +11,12 @@ import torch
 from sidlib import paths, runner, sids, summary
 
 
-def test_smoke_embed_tokenize_sids(tmp_roots):
+def test_smoke_embed_tokenize_sids(smoke_artifacts, smoke_stages, tmp_roots):
+    """On the session's 01-05 (run once for every smoke test: the chain up to 05 again here cost
+    ~2 of the suite's minutes), with its embedding cache, so a forced 03 must find it."""
+    shutil.copytree(smoke_artifacts / "cache", tmp_roots / "artifacts" / "cache")
     lines: list[str] = []
-    assert runner.run("smoke", "01-07", echo=lines.append) == 0, lines
+    assert runner.run("smoke", "07", echo=lines.append) == 0, lines
     st = summary.load("smoke")["stages"]
 
     base = st["baselines"]["metrics"]
