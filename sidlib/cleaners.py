@@ -20,8 +20,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import torch
-
 from sidlib.config import CleanConfig
 from sidlib.paths import smollm2_gguf
 
@@ -111,6 +109,7 @@ class HFCleaner:
         return [{"role": "user", "content": f"{self.prompt}\n\nDescription:\n{text}"}]
 
     def clean(self, texts: list[str]) -> list[str]:
+        import torch  # lazy, with transformers: only the optional LLM rewrite runs a model
         if not texts:
             return []
         self._load()
