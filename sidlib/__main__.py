@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
-from . import config, new_profile
+from . import config, new_profile, runner
 from .data.schema import DataError
 
 
@@ -51,12 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         overrides = config.parse_overrides(args.overrides)
         if args.cmd == "show":
-            import json
             print(json.dumps(config.load(args.profile, overrides).to_dict(), indent=2))
             return 0
         if args.cmd == "serve":
             return _serve(args, config.load(args.profile, overrides))
-        from . import runner
         return runner.run(args.profile, args.stages, overrides, args.force)
     except (config.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
     try:
-        from .serve import Engine, serve
+        from .serve import Engine, serve  # lazy: the optional `serve` extra, and torch / transformers
     except ImportError as e:  # fastapi / uvicorn are the `serve` extra
         print(f"error: {e}; install the server's packages: pip install -e '.[serve]'", file=sys.stderr)
         return 2

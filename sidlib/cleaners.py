@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sidlib.config import CleanConfig
+from sidlib.paths import smollm2_gguf
 
 log = logging.getLogger("sidlib.cleaners")
 
@@ -85,12 +86,11 @@ class HFCleaner:
     def _load(self) -> None:
         if self._model is not None and self._tok is not None:
             return
+        # lazy: transformers serves only this optional LLM rewrite; rule-based cleaning must not pay for it
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs: dict[str, Any] = {}
         if self.model == "smollm2":
-            from sidlib.paths import smollm2_gguf
-
             g = smollm2_gguf()
             where, kwargs["gguf_file"] = str(g.parent), g.name
         elif self.model.endswith(".gguf"):
@@ -109,8 +109,7 @@ class HFCleaner:
         return [{"role": "user", "content": f"{self.prompt}\n\nDescription:\n{text}"}]
 
     def clean(self, texts: list[str]) -> list[str]:
-        import torch
-
+        import torch  # lazy, with transformers: only the optional LLM rewrite runs a model
         if not texts:
             return []
         self._load()

@@ -14,16 +14,20 @@ import hashlib
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from sklearn.decomposition import PCA
 
 from sidlib import paths, stages
 from sidlib.config import Config, EmbedConfig
 from sidlib.device import resolve_device
+from sidlib.plots import plt
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,6 @@ def resolve_model(name: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    import torch
-
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
@@ -57,6 +59,7 @@ def resolve_dtype(dtype: str, device: str):
 
 def load_model(cfg: EmbedConfig):
     """A SentenceTransformer on the configured device/dtype; a local folder never touches the hub."""
+    # lazy: importing it takes seconds (most of `import sidlib.embed`), and a cache hit never loads the model
     from sentence_transformers import SentenceTransformer
 
     model_path = resolve_model(cfg.model)
@@ -171,8 +174,6 @@ def embed_texts(
 
 def top_labels(labels: Sequence[str], top: int = 10, other: str = "other") -> list[str]:
     """Keep the `top` most frequent labels, map the rest (and empty ones) to `other`."""
-    from collections import Counter
-
     labels = [str(x) if x is not None and str(x) != "" else other for x in labels]
     keep = {lab for lab, _ in Counter(x for x in labels if x != other).most_common(top)}
     return [x if x in keep else other for x in labels]
@@ -180,12 +181,6 @@ def top_labels(labels: Sequence[str], top: int = 10, other: str = "other") -> li
 
 def pca_plot(emb: np.ndarray, labels: Sequence[str], path: Path | str, title: str = "", top: int = 10):
     """2-D PCA scatter of the embeddings coloured by (top) category; saved to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
-
     if len(labels) != emb.shape[0]:
         raise ValueError(f"{len(labels)} labels for {emb.shape[0]} embeddings")
     xy = PCA(n_components=2, random_state=0).fit_transform(np.asarray(emb, dtype=np.float32))

@@ -35,6 +35,7 @@ import pandas as pd
 
 from . import config
 from .data import load_raw, prep
+from .data.recbole import read_atomic
 from .data.schema import DataError, RawData
 from .data.tables import DEFAULT_COLUMNS, ITEM_OPTIONAL, MS_FROM, read_table
 
@@ -174,8 +175,6 @@ def make(items: Path, interactions: Path, name: str, out: Path, base: str = "ml1
         raise DataError(f"--map: unknown names {unknown}; known: {', '.join(DEFAULT_COLUMNS)}")
     recbole = items.suffix == ".item" and interactions.suffix == ".inter"
     if recbole:
-        from .data.recbole import read_atomic
-
         if items.stem != interactions.stem or items.parent != interactions.parent:
             raise DataError(f"{items} / {interactions}: RecBole files must be <name>.item and <name>.inter in one folder")
     read = (lambda p: read_atomic(p)[0]) if recbole else (lambda p: read_table(p, []))

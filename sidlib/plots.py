@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # notebooks run headless under papermill
+# exported: the sidlib modules that plot take pyplot from here (`from sidlib.plots import plt`), so
+# the Agg backend is set once, in this module
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

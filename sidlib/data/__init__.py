@@ -2,7 +2,7 @@
 
 `load_raw(cfg)` picks the loader from `cfg.source`. The helpers below are shared by the
 loaders (building the frames with the schema's dtypes, reading gz/JSON lines, validating
-interaction rows); the loader modules are imported lazily so `import sidlib.data` stays light.
+interaction rows); the loader modules import these helpers, so `load_raw` imports them lazily.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def load_raw(cfg: DataConfig) -> RawData:
     if cfg.source not in SOURCES:
         raise DataError(f"unknown data.source {cfg.source!r}; valid sources: {', '.join(SOURCES)}")
     folder = _folder(cfg)
+    # lazy: every loader module imports sidlib.data (these helpers) itself, a cycle at the top
     if cfg.source == "movielens":
         from sidlib.data.movielens import load_movielens
 

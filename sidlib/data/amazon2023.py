@@ -90,7 +90,7 @@ def load_amazon2023(
 
 def _hub_datasets(hf_repo: str, name: str, num_proc: int, cache_dir: str | None):
     """The two hub configs as `datasets.Dataset`s (Parquet on the hub; needs the network)."""
-    import datasets
+    import datasets  # lazy: heavy, and only the hub path and large local files need it
 
     nproc = num_proc if num_proc > 1 else None
     try:
@@ -117,7 +117,7 @@ def read_review_file(
     """
     if file.stat().st_size < large_file_bytes:
         return read_reviews(file, REVIEW_FIELDS, skips)
-    import datasets
+    import datasets  # lazy: heavy, and only the hub path and large local files need it
 
     try:
         ds = datasets.load_dataset("json", data_files=str(file), split="train",

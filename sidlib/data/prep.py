@@ -45,9 +45,8 @@ import pyarrow.parquet as pq
 
 from sidlib import split as splitlib
 from sidlib import stages
-from sidlib.config import Config
+from sidlib.config import Config, DataConfig
 from sidlib.data import load_raw
-from sidlib.config import DataConfig
 from sidlib.data.schema import ITEM_COLUMNS, DataError, RawData
 
 log = logging.getLogger("sidlib.data")
@@ -564,10 +563,8 @@ def prepare(raw: RawData, cfg: DataConfig, seed: int = 42) -> Prepared:
 
 def plot_distributions(prepared: Prepared, path: Path | str) -> Path:
     """Sequence-length histogram and item popularity (log-log, by rank), saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # lazy: the CLI imports this module (new-profile) and pyplot would double `python -m sidlib --help`'s start
+    from sidlib.plots import plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

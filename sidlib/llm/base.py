@@ -9,8 +9,12 @@ and chat template: the smoke profile tests mechanics in seconds with it, never r
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from .. import paths
 from ..config import LLMConfig
@@ -36,8 +40,6 @@ def smollm2_folder() -> Path:
     folder = paths.models_cache() / "SmolLM2-135M-Instruct"
     if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
         return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = paths.smollm2_gguf()
     log.info("converting %s to an HF folder at %s (once)", gguf.name, folder)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -51,8 +53,6 @@ def smollm2_folder() -> Path:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
@@ -68,8 +68,6 @@ def model_source(cfg: LLMConfig) -> str:
 
 def load_tokenizer(cfg: LLMConfig, source: str | Path | None = None) -> Any:
     """The tokenizer with a usable chat template (the model's own, or ChatML when asked)."""
-    from transformers import AutoTokenizer
-
     where = str(source or model_source(cfg))
     try:
         tok = AutoTokenizer.from_pretrained(where)
@@ -90,8 +88,6 @@ def load_tokenizer(cfg: LLMConfig, source: str | Path | None = None) -> Any:
 
 
 def torch_dtype(cfg: LLMConfig, device: str) -> Any:
-    import torch
-
     if cfg.dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
@@ -102,8 +98,6 @@ def torch_dtype(cfg: LLMConfig, device: str) -> Any:
 
 def tiny_model(cfg: LLMConfig, vocab_size: int) -> Any:
     """A small Llama (SmolLM2's architecture) from a config, random weights: mechanics only."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     conf = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.tiny_hidden,
@@ -120,8 +114,6 @@ def tiny_model(cfg: LLMConfig, vocab_size: int) -> Any:
 def load_model(cfg: LLMConfig, source: str | Path | None = None, device: str = "cpu", attn: str = "sdpa",
                vocab_size: int | None = None) -> Any:
     """The causal LM: the profile's base model, or a fine-tuned folder when `source` is given."""
-    from transformers import AutoModelForCausalLM
-
     if cfg.model == "tiny" and source is None:
         if vocab_size is None:
             vocab_size = len(load_tokenizer(cfg))

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import snapshot_download
+
 from .. import paths, stages
 from ..config import Config
 from ..device import resolve_device
@@ -42,8 +44,6 @@ def sid_table_for(where: str, cfg: Config) -> SidTable:
     folder = Path(where)
     if not folder.is_dir():
         try:
-            from huggingface_hub import snapshot_download
-
             folder = Path(snapshot_download(where, allow_patterns=list(SidTable.FILES.values())))
         except Exception as e:  # noqa: BLE001 - offline or not on the hub: fall back below
             log.info("no SID table downloadable for %s (%s)", where, e)

@@ -46,11 +46,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from .. import plots, stages
 from ..config import Config
 from ..data.prep import Prepared
 from ..data.schema import DataError
+from ..plots import plt
 from ..sids import SidTable
 from . import chat, vocab
 from .base import load_tokenizer
@@ -197,8 +199,6 @@ def build(inputs: Inputs, tokenizer: Any, cfg: Config, progress: bool = True) ->
     `tokenizer` must already hold the SID tokens (tokenizer_for). Returns DataFrames with
     columns task, template, messages, target_item, answer_items, context_items, user_id,
     n_tokens, truncated, shortened; train rows shuffled with the seed (08 samples from them)."""
-    from tqdm import tqdm
-
     check_inputs(inputs)
     sft = cfg.sft
     tasks = selected_tasks(sft)
@@ -324,8 +324,6 @@ def examples(df: pd.DataFrame) -> dict[str, list[dict[str, str]]]:
 
 def plot_token_lengths(df: pd.DataFrame, path: Path | str, max_length: int) -> Path:
     """Token-length histogram per task family, with the llm.max_length line."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     fam = df["task"].map(family)
     hi = max(int(df["n_tokens"].max()) if len(df) else 1, 1)

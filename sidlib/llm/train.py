@@ -36,7 +36,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from transformers import TrainerCallback
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from .. import config as config_mod
 from .. import stages
@@ -57,8 +60,6 @@ MODEL_DIR = "model"  # the final HF folder inside the stage folder
 def encode_frame(df: pd.DataFrame, tokenizer: Any, cfg: LLMConfig, max_samples: int = 0, seed: int = 0):
     """SFT conversations -> a `datasets.Dataset` of input_ids / labels / length. 06 already
     truncated to llm.max_length; anything still longer is dropped here, counted and logged."""
-    from datasets import Dataset
-
     if max_samples and len(df) > max_samples:
         df = df.sample(n=max_samples, random_state=seed)
     rows: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "task": []}
@@ -142,8 +143,6 @@ def labelled_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = 
 
 def make_collator(tokenizer: Any, packing: bool, attn: str, labelled_only: bool = False) -> Counting:
     if packing:
-        from transformers import DataCollatorWithFlattening
-
         # cu_seq_lens for flash-attention's varlen kernel; sdpa/eager read the position ids
         return Counting(DataCollatorWithFlattening(return_flash_attn_kwargs=attn == "flash_attention_2"), labelled_only)
     return Counting(PaddedCollator(tokenizer.pad_token_id), labelled_only)
@@ -179,6 +178,7 @@ def resolve_optim(cfg: FinetuneConfig, device: str) -> str:
         return cfg.optim
     if device.startswith("cuda"):
         try:
+            # lazy: bitsandbytes is the optional `gpu` extra and this import is the probe for it
             import bitsandbytes  # noqa: F401
 
             return "adamw_bnb_8bit"
@@ -234,8 +234,6 @@ def stage_order(n: int, seed: int, stage: str, tasks: list[str] | None = None,
 
 
 def training_args(plan: StagePlan, cfg: FinetuneConfig, out: Path, device: str, seed: int, warmup: int) -> Any:
-    from transformers import TrainingArguments
-
     return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
@@ -293,8 +291,6 @@ class Throughput(TrainerCallback):
 
 
 def last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
@@ -344,9 +340,6 @@ def train_stage(model: Any, tokenizer: Any, dataset: Any, plan: StagePlan, cfg: 
     """One Trainer run over `dataset` in its order; checkpoints in `out` (optimizer state
     included), resumed from the last one. The trained model is saved to `save_to` by the Trainer
     (main process only; FSDP shards gathered)."""
-    from accelerate import PartialState
-    from transformers import Trainer
-
     labelled = cfg.labelled_logits_only and cfg.packing  # padded rows: the model's own loss
     collator = make_collator(tokenizer, cfg.packing, attn, labelled_only=labelled)
     # transformers reads packed position ids as conversation boundaries only without a KV cache
@@ -453,8 +446,6 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
     when resuming; an interrupted one resumes from its last checkpoint. `callbacks` go to the
     stage-2 Trainer and `on_stage1(model, tok)` runs after stage 1 (bench/llm_curve.py measures
     the model along the way)."""
-    from accelerate import PartialState
-
     out = Path(out or stages.FINETUNE.dir(cfg.profile, create=True))
     ft = cfg.finetune
     device = resolve_device(cfg.llm.device)

@@ -30,13 +30,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 T = TypeVar("T")
 
@@ -46,10 +45,7 @@ _WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_
 
 
 @functools.lru_cache(maxsize=1)
-def _accelerator() -> "Accelerator":
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
+def _accelerator() -> Accelerator:
     return Accelerator(
         # without a GPU, accelerate would treat each process as a lone run (no gloo group): say CPU
         cpu=not torch.cuda.is_available(),
@@ -59,7 +55,7 @@ def _accelerator() -> "Accelerator":
     )
 
 
-def distributed() -> "Accelerator | None":
+def distributed() -> Accelerator | None:
     """The run's `accelerate.Accelerator` when this process is one of several, else None.
 
     Decided from the launcher's environment first, so a single process (notebook, tests) never
@@ -355,8 +351,6 @@ def fit_loop(
             msg += f"  {monitor} {score:.4f}  (best {stopper.best:.4f} @ {stopper.best_epoch})"
         done = stopper.should_stop
         if acc is not None:  # the others did not evaluate: they follow the main process's verdict
-            from accelerate.utils import broadcast_object_list
-
             improved, done = broadcast_object_list([improved, done], from_process=0)
         if improved:  # DDP keeps the weights equal everywhere, so every process keeps the same best
             best_state = _cpu_state(model)
@@ -379,8 +373,6 @@ def fit_loop(
         if log and main:
             log(msg)
     if acc is not None:  # the main process's record (evaluations, best epoch) for everyone
-        from accelerate.utils import broadcast_object_list
-
         result = broadcast_object_list([result], from_process=0)[0]
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -199,8 +200,6 @@ class ServerThread:
     = a free port, read back from the socket), `stop` asks it to exit as SIGINT would and waits."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import uvicorn
-
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
         self.thread = threading.Thread(target=self.server.run, name="sidlib-uvicorn", daemon=True)
         self.host, self.port = host, port
@@ -232,8 +231,6 @@ class ServerThread:
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn's handlers: finish what runs, then exit)."""
-    import uvicorn
-
     log.info("serving %s (%d items) on http://%s:%d", engine.name, len(engine.table), host, port)
     try:
         uvicorn.run(build_app(engine), host=host, port=port, log_level=log_level)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sidlib.plots import plt
+
 EXACT_NN_MAX = 20_000  # above this many items, nearest-neighbour metrics use a sample of queries
 NN_SAMPLE = 5_000
 
@@ -116,27 +118,17 @@ def quality(emb: np.ndarray, recon: np.ndarray, codes: np.ndarray, K: int, seed:
 # --------------------------------------------------------------------------- plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    plt.close(fig)
     return path
 
 
 def plot_training(history: list[dict], path) -> Path:
     """RQ-VAE: losses (log scale) and per-level utilisation / unique rate per epoch."""
-    plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     if history and "recon" in history[0]:
         ep = [h["epoch"] for h in history]
@@ -164,7 +156,6 @@ def plot_training(history: list[dict], path) -> Path:
 
 def plot_code_usage(codes: np.ndarray, K: int, path) -> Path:
     """Per level: items per code, codes sorted by count (dead codes show as the zero tail)."""
-    plt = _plt()
     L = codes.shape[1]
     fig, axes = plt.subplots(1, L, figsize=(4 * L, 3.2), squeeze=False)
     for lvl, ax in enumerate(axes[0]):
@@ -180,7 +171,6 @@ def plot_code_usage(codes: np.ndarray, K: int, path) -> Path:
 
 def plot_collisions(codes: np.ndarray, path) -> Path:
     """How many tuples are shared by 1, 2, 3, ... items."""
-    plt = _plt()
     _, counts = np.unique(np.asarray(codes), axis=0, return_counts=True)
     hist = Counter(counts.tolist())
     sizes = sorted(hist)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from tqdm.auto import tqdm
 
 from sidlib.config import TokenizerConfig
 
@@ -41,9 +43,6 @@ def _nearest(x: np.ndarray, c: np.ndarray, batch: int = 8192) -> np.ndarray:
 
 def fit(emb: np.ndarray, cfg: TokenizerConfig, seed: int = 0, progress: bool = True) -> tuple[RQKMeans, list[dict]]:
     """Level-by-level sklearn KMeans (cfg.kmeans_n_init restarts); history = one row per level."""
-    from sklearn.cluster import KMeans
-    from tqdm.auto import tqdm
-
     x = np.asarray(emb, dtype=np.float32)
     r = x.copy()
     cents, history = [], []

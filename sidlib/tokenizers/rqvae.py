@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from tqdm.auto import tqdm
 
 from sidlib.config import TokenizerConfig
 from sidlib.device import resolve_device
@@ -156,8 +158,6 @@ class RQVAE(nn.Module):
 @torch.no_grad()
 def kmeans_init(model: RQVAE, x: torch.Tensor, n_init: int, seed: int) -> None:
     """Codebook l = k-means centroids of the level-l residuals of x (encoder at its init)."""
-    from sklearn.cluster import KMeans
-
     r = model.encoder(model.standardize(x))
     for lvl in range(model.levels):
         km = KMeans(n_clusters=model.codebook_size, n_init=n_init, random_state=seed + lvl)
@@ -221,8 +221,6 @@ def fit(emb: np.ndarray, cfg: TokenizerConfig, seed: int = 0, progress: bool = T
     (per level, codes used during the epoch / K), unique_rate (of the epoch's codes), resets}.
     Same seed, same data, same settings -> identical weights and codes (CPU).
     """
-    from tqdm.auto import tqdm
-
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
