@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
     try:
-        from .serve import Engine, serve  # lazy: the optional `serve` extra, and torch / transformers
-    except ImportError as e:  # fastapi / uvicorn are the `serve` extra
+        from .serve import Engine, serve  # lazy: torch / transformers, and fastapi / uvicorn (the `serve` extra)
+    except ImportError as e:
         print(f"error: {e}; install the server's packages: pip install -e '.[serve]'", file=sys.stderr)
         return 2
     if args.request_timeout <= 0 or args.max_tokens < 1 or (args.max_context is not None and args.max_context < 2):
