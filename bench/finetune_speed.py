@@ -144,6 +144,8 @@ def main() -> None:
         row = {"tokens_per_second": round(toks / sum(times), 1), "seconds_per_step": round(sum(times) / len(times), 2),
                "trainable": sum(p.numel() for p in params) if v != "forward" else 0}
         if args.seconds and v != "forward":
+            if v == "lora":  # get_peft_model wrapped the layers in place: unwrap before wrapping again
+                model = m.unload()
             m, params = setup(v, model, state)
             opt = torch.optim.AdamW(params, lr=lr, fused=True)
             before = valid_loss(m, valid_b)

@@ -142,6 +142,11 @@ class SidConfig:
     # index.json or a parquet/CSV of codes per item
     import_path: str = ""
     dedup_codebook_size: int = 0  # K of the extra level (0 = auto: max(tokenizer K, largest collision group))
+    # which item of a collision group gets last code 0, 1, ...: "item_id" (TIGER's arbitrary but
+    # stable order) | "popularity" (most training interactions first, ties by item id). With the
+    # popularity order a model that knows the cell but not yet the item inside it names the
+    # cell's most popular item, since code 0 is then the most frequent last code in its targets.
+    dedup_order: str = "item_id"
     # an imported index whose tuples are not unique: "error" (names the items) | "next_free" (each
     # item repeating an earlier one's tuple gets the smallest last code free under its prefix)
     import_collisions: str = "error"

@@ -6,8 +6,8 @@ run would hit shows up now, naming the file and row), measures the catalogue, an
 commented `<name>.toml` whose sizes follow from what it measured:
 
 - rqvae.codebook_size: the smallest power of two K (16..256) with K^2 >= 2 x items, so two levels
-  can already tell most items apart and the third refines (ml100k's 64 for 1.6k items; 256, the
-  papers' size, from ~33k items);
+  (the base ml100k's, inherited) already tell most items apart (ml100k's 64 for 1.6k items; 256,
+  the papers' size, from ~33k items); `levels = 3` gives the papers' depth;
 - data.kcore: the largest k of 5, 3, 2 that keeps at least 30% of the events (the survivors of
   each are in a comment);
 - baselines.max_len: the median history length rounded up to tens (20..200), as SASRec's paper
@@ -243,6 +243,7 @@ def render(name: str, base: str, data: dict, columns: dict[str, str], s: Survey,
         "",
         "[rqvae]",
         f"codebook_size = {s.codebook_size}   # smallest power of two K with K^2 >= 2 x {s.items:,} items",
+        "# levels = 3   # the papers' depth; the base's 2 are what a small LLM learns on a CPU budget",
         "",
         "[baselines]",
         f"max_len = {s.max_len}   # about the median history ({s.median_len:g} items after k-core)",

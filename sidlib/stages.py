@@ -58,7 +58,7 @@ EMBED = Stage("03-embed", "embed", ("embed",), (CLEAN.name,), writes=("embedding
 RQVAE = Stage("04-rqvae", "rqvae", ("rqvae",), (EMBED.name,),
               writes=("codes.npy", "tokenizer.pt", "tokenizer.json", "quality.json"),
               title="vectors -> hierarchical codes (RQ-VAE or RQ-KMeans)")
-SIDS = Stage("05-sids", "sids", ("sids",), (CLEAN.name, RQVAE.name), external=("sids.import_path",),
+SIDS = Stage("05-sids", "sids", ("sids",), (PREP.name, CLEAN.name, RQVAE.name), external=("sids.import_path",),
              writes=("sids.parquet", "sid_mapping.pt", "sid_manifest.json", "index.json"),
              title="codes + a uniqueness level -> one SID per item, its tokens")
 SFT_DATA = Stage("06-sft-data", "sft_data", ("sft", "llm"), (PREP.name, CLEAN.name, SIDS.name),

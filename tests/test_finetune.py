@@ -143,6 +143,25 @@ def test_stage1_trains_only_new_rows_then_resumes(table, tmp_path, caplog):
     assert 0 < again["metrics"]["train_tokens"] < res["metrics"]["train_tokens"]  # only steps 3-4 ran
 
 
+def test_checkpoints_of_other_sids_are_not_resumed(table, tmp_path, caplog):
+    """Two items swap SIDs (another dedup order: same scheme, same number of conversations): the
+    finished stage 1 of the old table is cleared, not taken as done; the same table resumes."""
+    cfg = cfg_tiny()
+    sft, out = conversations(table), tmp_path / "ft"
+    train.finetune(cfg, sft, table, out=out, which=("stage1",))
+    with caplog.at_level(logging.INFO, logger="sidlib.llm.train"):
+        train.finetune(cfg, sft, table, out=out, which=("stage1",))
+    assert "stage1 already finished" in caplog.text and "clearing" not in caplog.text
+    codes = table.codes.copy()
+    codes[[0, 1]] = codes[[1, 0]]
+    swapped = SidTable.build(codes, table.scheme, table.df["title"].tolist())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sidlib.llm.train"):
+        res = train.finetune(cfg, conversations(swapped), swapped, out=out, which=("stage1",))
+    assert "settings changed: clearing" in caplog.text and "already finished" not in caplog.text
+    assert res["metrics"]["stage1_steps"] >= 1
+
+
 def test_two_stages_save_a_loadable_model(table, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,6 +1,6 @@
-"""The default profile end to end (slow: ~25 min on 2 cores; `pytest -m slow`): the fine-tuned
-LLM talks, writes SIDs on its own and knows the catalogue — issue #15's targets 1-3, read from
-summary.json as a user would."""
+"""The default profile end to end (slow: 33-60 min on 2 cores by the day's speed; `pytest -m
+slow`): the fine-tuned LLM talks, writes SIDs on its own and knows the catalogue — issue #15's
+targets 1-3, read from summary.json as a user would."""
 from __future__ import annotations
 
 import pytest

@@ -265,7 +265,7 @@ def test_old_flat_baseline_keys_still_work_and_name_the_new_ones(caplog, tmp_pat
     old.write_text('base = "ml100k"\n[baselines]\ngr_layers = 3\nsid_blocks = 1\n')
     b = config.load(str(old)).baselines
     # the child's old keys land in the tables; the rest of ml100k's tables stays (a deep merge)
-    assert (b.sid_gr.layers, b.sid_gr.epochs, b.sid_sasrec.blocks, b.sid_sasrec.hidden) == (3, 8, 1, 64)
+    assert (b.sid_gr.layers, b.sid_gr.epochs, b.sid_sasrec.blocks, b.sid_sasrec.hidden) == (3, 14, 1, 64)
     both = tmp_path / "both.toml"
     both.write_text('[baselines]\ngr_layers = 3\n[baselines.sid_gr]\nlayers = 2\n')
     with pytest.raises(config.ConfigError, match="baselines.sid_gr.layers"):

@@ -22,6 +22,7 @@ What we add by hand, and why:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -294,6 +295,19 @@ def last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def data_key(sft_train: pd.DataFrame, table: SidTable) -> str:
+    """What the checkpoints learned from: every item's codes and every conversation. Settings
+    alone are not enough: a new SID table of the same shape (another dedup order, another RQ-VAE
+    run) with as many conversations would otherwise resume, or take as finished, a model of other SIDs."""
+    h = hashlib.sha256(np.ascontiguousarray(table.codes).tobytes())
+    h.update(pd.util.hash_pandas_object(sft_train["messages"].map(json_text), index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def json_text(x: Any) -> str:
+    return json.dumps(x.tolist() if isinstance(x, np.ndarray) else x, sort_keys=True, default=str)
+
+
 def fresh(folder: Path, fingerprint: dict[str, Any]) -> None:
     """Checkpoints of other settings cannot be resumed: clear the folder when they differ."""
     stamp = folder / "fingerprint.json"
@@ -454,7 +468,7 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
     set_seed(cfg.seed)
     if main_proc:
         fresh(out, {"finetune": cfg.to_dict()["finetune"], "llm": cfg.to_dict()["llm"], "seed": cfg.seed,
-                    "n_train": len(sft_train), "sids": table.scheme.to_dict()})
+                    "n_train": len(sft_train), "sids": table.scheme.to_dict(), "data": data_key(sft_train, table)})
     PartialState().wait_for_everyone()
     results: dict[str, StageResult] = {}
     vocab_info: dict[str, Any] = {}

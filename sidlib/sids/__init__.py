@@ -11,7 +11,8 @@ SID and `<|rec|>` (a prompt asks for a recommendation).
 What lives here:
 - `SidScheme`: token list, format / parse (strict, `SidFormatError` says what is wrong),
   `find_all` (SID blocks inside free text, malformed ones reported as None), manifest JSON.
-- `add_dedup_level`: the extra level, index within the collision group ordered by item id.
+- `add_dedup_level`: the extra level, index within the collision group (by item id, or by
+  popularity with `sids.dedup_order`).
 - `import_lcrec_index` (LC-Rec `index.json`) and `import_codes_table` (parquet / CSV),
   validated: every item covered, codes in range, tuples unique.
 - `SidTable`: item_id, codes, sid, title; `save` writes `sids.parquet`, `sid_mapping.pt`

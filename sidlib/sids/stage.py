@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sidlib import paths, plots, stages
+from sidlib import paths, plots, split, stages
 from sidlib.config import Config
 from .codes import (add_dedup_level, collision_stats, export_lcrec_index, import_codes_table, import_lcrec_index,
                     resolve_collisions)
@@ -27,6 +27,7 @@ def build_table(
     import_path: str | Path | None = None,
     dedup_codebook_size: int = 0,
     import_collisions: str = "error",
+    dedup_key: np.ndarray | None = None,
 ) -> tuple[SidTable, dict[str, Any]]:
     """The SID table of stage 05 and its metrics.
 
@@ -34,7 +35,8 @@ def build_table(
     within its collision group), or an external index (LC-Rec index.json, or a parquet/CSV of
     codes) is imported as is — it must already be unique, unless import_collisions = "next_free"
     moves each item that repeats an earlier one's tuple to the next free last code under its
-    prefix (counted in the metrics). Row i of `items` is item i.
+    prefix (counted in the metrics). Row i of `items` is item i. dedup_key orders the items of a
+    collision group (lowest first: last code 0); default the item id.
     """
     moved = 0
     if import_collisions not in ("error", "next_free"):
@@ -63,7 +65,7 @@ def build_table(
         # 0 = auto: the tokenizer's K, grown to the largest collision group when that is larger
         # (small catalogs with small K); an explicit size is a hard limit.
         k_last = dedup_codebook_size or max(codebook_size, before["max_group"])
-        full = add_dedup_level(codes, k_last)
+        full = add_dedup_level(codes, k_last, item_ids=dedup_key)
         scheme = SidScheme([codebook_size] * codes.shape[1] + [k_last])
         dedup_max = int(full[:, -1].max()) if len(full) else 0
     table = SidTable.build(full, scheme, titles=items["title"].tolist(), item_ids=items["item_id"].tolist())
@@ -82,6 +84,23 @@ def build_table(
         "import_moved": moved,  # imported items given the next free last code (import_collisions)
     }
     return table, metrics
+
+
+def dedup_key(cfg: Config, n_items: int) -> np.ndarray | None:
+    """The order of items inside a collision group (sids.dedup_order): None = by item id;
+    "popularity" = by training interactions, most first (01's train prefixes only, so neither a
+    valid nor a test target counts), ties by item id."""
+    if cfg.sids.dedup_order == "item_id":
+        return None
+    if cfg.sids.dedup_order != "popularity":
+        raise SidError(f"sids.dedup_order = {cfg.sids.dedup_order!r}: expected \"item_id\" or \"popularity\"")
+    counts = split.item_train_counts(pd.read_parquet(stages.PREP.dir(cfg.profile) / "split.parquet"), n_items)
+    if len(counts) != n_items:
+        raise SidError(f"01-prep's split names item ids up to {len(counts) - 1} but 02 has {n_items} items: "
+                       "rerun the chain from 01")
+    rank = np.empty(n_items, dtype=np.int64)
+    rank[np.lexsort((np.arange(n_items), -counts))] = np.arange(n_items)
+    return rank
 
 
 @dataclass
@@ -109,8 +128,10 @@ def run(cfg: Config) -> SidOutputs:
         k = json.loads((tok_dir / "tokenizer.json").read_text())["codebook_size"]
         import_path = None
         source = f"{codes.shape[1]} tokenizer levels x {k} codes from 04-rqvae"
+    key = dedup_key(cfg, len(items))
     table, metrics = build_table(items, codes, k, import_path, cfg.sids.dedup_codebook_size,
-                                 cfg.sids.import_collisions)
+                                 cfg.sids.import_collisions, key)
+    metrics["dedup_order"] = cfg.sids.dedup_order
     table.save(out, extra={"metrics": metrics})
     # the same SIDs in LC-Rec's format, for LC-Rec / LETTER / MiniOneRec scripts
     export_lcrec_index(table.codes, items["source_id"].astype(str).tolist(), out / "index.json")
