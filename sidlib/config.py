@@ -338,6 +338,10 @@ class FinetuneConfig:
     # a few hundred tokens a row memory is no issue (the GPU profiles turn it on for long rows)
     gradient_checkpointing: bool = False
     optim: str = "auto"  # auto (8-bit AdamW on CUDA with bitsandbytes, else fused AdamW) | adamw_torch | adamw_torch_fused | adamw_bnb_8bit
+    # bf16 autocast in the Trainer (weights and optimizer stay fp32): auto = on a GPU that has bf16,
+    # or a CPU with AMX bf16 tiles, where it learned most per second (bench/finetune_speed.py);
+    # elsewhere a CPU would emulate it, slower | on | off
+    bf16: str = "auto"
     max_train_samples: int = 0  # 0 = all
     save_steps: int = 200
     logging_steps: int = 10

@@ -162,6 +162,21 @@ def test_checkpoints_of_other_sids_are_not_resumed(table, tmp_path, caplog):
     assert res["metrics"]["stage1_steps"] >= 1
 
 
+def test_bf16_autocast_trains_and_saves_fp32(table, tmp_path):
+    """finetune.bf16 = on: stage 2 under bf16 autocast on the CPU (what "auto" picks on a CPU with
+    AMX) has a finite loss and saves fp32 weights; off is off; a misspelt value names the key."""
+    from transformers import AutoModelForCausalLM
+
+    assert train.resolve_bf16(cfg_tiny(**{"finetune.bf16": "off"}).finetune, "cpu") is False
+    with pytest.raises(config.ConfigError, match="finetune.bf16 = 'yes'"):
+        train.resolve_bf16(cfg_tiny(**{"finetune.bf16": "yes"}).finetune, "cpu")
+    res = train.finetune(cfg_tiny(**{"finetune.bf16": "on"}), conversations(table), table, out=tmp_path / "ft")
+    m = res["metrics"]
+    assert m["bf16"] is True and m["stage2_steps"] == 2 and np.isfinite(m["final_loss"])
+    model = AutoModelForCausalLM.from_pretrained(res["model_dir"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_two_stages_save_a_loadable_model(table, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -190,6 +190,18 @@ def resolve_optim(cfg: FinetuneConfig, device: str) -> str:
     return "adamw_torch_fused"
 
 
+def resolve_bf16(cfg: FinetuneConfig, device: str) -> bool:
+    """finetune.bf16: "on" | "off" | "auto" (a CUDA GPU with bf16, or a CPU with AMX tiles: there
+    oneDNN runs bf16 matmuls natively; without AMX the CPU emulates them, slower than fp32)."""
+    if cfg.bf16 not in ("auto", "on", "off"):
+        raise config_mod.ConfigError(f"finetune.bf16 = {cfg.bf16!r}: expected auto, on or off")
+    if cfg.bf16 != "auto":
+        return cfg.bf16 == "on"
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return device == "cpu" and torch.cpu._is_amx_tile_supported()
+
+
 @dataclass
 class StagePlan:
     name: str  # stage1 | stage2
@@ -249,7 +261,7 @@ def training_args(plan: StagePlan, cfg: FinetuneConfig, out: Path, device: str, 
         weight_decay=plan.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         optim=resolve_optim(cfg, device),
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        bf16=resolve_bf16(cfg, device),
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=cfg.logging_steps,
@@ -537,6 +549,7 @@ def finetune(cfg: Config, sft_train: pd.DataFrame, table: SidTable, out: Path | 
         "packing": ft.packing,
         "attn": attn,
         "device": device,
+        "bf16": resolve_bf16(ft, device),
         "processes": PartialState().num_processes,
         "init": ft.init,
         "vocab": vocab_info,
