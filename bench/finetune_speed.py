@@ -13,7 +13,8 @@ Variants: `ckpt` (gradient checkpointing on, full logits: 08 before this benchma
 (checkpointing off), `labelled` (+ logits only at labelled positions), `freeze{N}` (+ the input
 embeddings and lowest N layers frozen), `lora` (peft LoRA r=16 on every linear layer of the
 decoder + the embedding matrices trained, + labelled logits; needs `pip install peft`), `bf16`
-(labelled + bf16 autocast), `forward` (no gradient: the cost of stage 1's cached hidden states).
+(labelled + bf16 autocast; `freeze{N}+bf16` both: ml100k's stage 2 on a CPU with AMX), `forward`
+(no gradient: the cost of stage 1's cached hidden states).
 
     python bench/finetune_speed.py --profile ml100k [--variants ckpt,plain,labelled,freeze12] [--steps 6] [--seconds 0]
 
@@ -48,8 +49,9 @@ def setup(variant: str, model, state: dict) -> tuple[object, list]:
     model.load_state_dict(state)
     for p in model.parameters():
         p.requires_grad_(True)
-    if variant.startswith("freeze"):
-        train.freeze_lower(model, int(variant.removeprefix("freeze")))
+    freeze = variant.removesuffix("+bf16")
+    if freeze.startswith("freeze"):
+        train.freeze_lower(model, int(freeze.removeprefix("freeze")))
     if variant == "ckpt":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -76,7 +78,7 @@ def step(variant: str, model, opt, batch: dict) -> float:
         with torch.no_grad():
             model.get_decoder()(input_ids=b["input_ids"], position_ids=b["position_ids"])
         return float("nan")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("bf16")):
         if labelled:
             loss = train.labelled_loss(model(**b), labels)
         else:
@@ -114,9 +116,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = config.load(args.profile, args.set)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in VARIANTS and not v.startswith("freeze")]
+    bad = [v for v in variants if v not in VARIANTS and not v.startswith("freeze")]  # freeze<N>[+bf16]
     if bad:
-        raise SystemExit(f"unknown variants {bad}; known: {VARIANTS} (freeze<N> for any N)")
+        raise SystemExit(f"unknown variants {bad}; known: {VARIANTS} (freeze<N> or freeze<N>+bf16 for any N)")
     tr, va = sft_data.load(stages.SFT_DATA.dir(cfg.profile))
     table = SidTable.load(stages.SIDS.dir(cfg.profile))
     set_seed(cfg.seed)
