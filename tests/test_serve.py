@@ -313,10 +313,14 @@ def test_time_limit_cuts_a_reply_and_a_long_wait(served, http):
         # a whole-catalogue recommendation holds the worker for longer than the limit: a chat
         # request behind it waits out its time in the queue and is turned away (503), not run
         with ThreadPoolExecutor(1) as pool:
+            t0 = time.monotonic()
             first = pool.submit(http.post, "/v1/recommend", json={"history": [1], "k": len(engine.table)})
             time.sleep(0.1)
             late = http.post("/v1/chat/completions", json={"messages": ask("hi")})
             assert first.result().status_code == 200
+            held = time.monotonic() - t0
+        if late.status_code == 200 and held < 0.1 + 0.4 + 0.2:
+            pytest.skip(f"the whole-catalogue recommendation took only {held:.2f} s here: no queue to time out")
         assert late.status_code == 503 and late.json()["error"]["code"] == "queue_timeout"
     finally:
         engine.limits.request_timeout = old
