@@ -312,12 +312,9 @@ def data_key(sft_train: pd.DataFrame, table: SidTable) -> str:
     alone are not enough: a new SID table of the same shape (another dedup order, another RQ-VAE
     run) with as many conversations would otherwise resume, or take as finished, a model of other SIDs."""
     h = hashlib.sha256(np.ascontiguousarray(table.codes).tobytes())
-    h.update(pd.util.hash_pandas_object(sft_train["messages"].map(json_text), index=False).to_numpy().tobytes())
+    for messages in sft_train["messages"]:  # lists of dicts (numpy arrays of them when read from parquet)
+        h.update(json.dumps(list(messages), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
-
-
-def json_text(x: Any) -> str:
-    return json.dumps(x.tolist() if isinstance(x, np.ndarray) else x, sort_keys=True, default=str)
 
 
 def fresh(folder: Path, fingerprint: dict[str, Any]) -> None:
