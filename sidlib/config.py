@@ -289,6 +289,13 @@ class SftDataConfig:
     # the following item (0 = no seq_session task); 12 turns fit SmolLM2's 384 tokens with room
     session_turns: int = 12
     max_history: int = 10  # items shown in <|rec|> / history prompts
+    # seq_history (0 = off): a user's training part written out as one list of SIDs, oldest first,
+    # in windows of this many items, every item a label: SID-GR's all-position next-item loss in
+    # chat form, ~5 tokens a label where a seq_last_5 answer costs ~75. A sequence model over the
+    # SIDs needs ~0.4-1M next-item labels before it reaches popularity on ML-100K (SID-GR,
+    # bench/label_budget.py), which the other tasks never give an LLM. With it on, 09 and the
+    # demo recommend by continuing the list (eval.rec_prompt = "auto").
+    history_window: int = 0
     # short: it is in every conversation, and on a CPU every token of it is paid for at every step
     # (an empty one is no saving: SmolLM2's template then writes its own, longer, system turn)
     system_prompt: str = "Items are written as semantic IDs."
@@ -365,6 +372,10 @@ class EvalConfig:
     batch_size: int = 8  # prompts prefilled together; beam rows = batch_size x beams
     floor: bool = True  # also rank with the base model + SID tokens, untrained (the floor)
     model_dir: str = ""  # "" = artifacts/<profile>/08-finetune/model; else an HF folder or hub id
+    # the recommender's prompt: "question" (06's seq_last_N question on the last N items) |
+    # "history" (seq_history's question with the last sft.history_window items already listed as
+    # the answer, continued) | "auto" (history when 06 built seq_history, i.e. sft.history_window > 0)
+    rec_prompt: str = "auto"
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from sidlib import config, runner, stages, summary
-from sidlib.llm import base, chat, decode, demo, generate, vocab
+from sidlib.llm import base, chat, decode, demo, generate, tasks, vocab
 from sidlib.llm import eval as ev
 from sidlib.sids import SID_END, SID_START, SidScheme, SidTable
 
@@ -189,12 +189,12 @@ def test_recommender_returns_existing_items_ranked_like_transformers(cfg, small_
     assert np.array_equal(ev.recommend_topk(random_lm, tok, small_table, histories[1:2], cfg, k=10), got[1:2])
     # transformers' beam search with the SidConstraint ranks the same items in the same order
     dec = generate.Decoder(random_lm, tok, small_table, cfg.llm)
-    prompts = [dec.prompt(generate.rec_messages(h, small_table, cfg)) for h in histories]
+    prompts = [dec.rec_prompt(h, cfg) for h in histories]
     assert len({len(p) for p in prompts}) == 4  # the batch is left-padded
     mine = dec.beam(dec.prefill(prompts), range(4), 10)
     assert np.array_equal(mine.items.numpy(), got)
     for h, row, scores in zip(histories, got, mine.scores):
-        ids = dec.prompt(generate.rec_messages(h, small_table, cfg)) + [dec.start_id]
+        ids = dec.rec_prompt(h, cfg) + [dec.start_id]
         out = random_lm.generate(torch.tensor([ids]), max_new_tokens=small_table.scheme.levels, num_beams=10,
                                  num_return_sequences=10, do_sample=False, length_penalty=0.0,
                                  logits_processor=[decode.ReplyOnly(dec.constraint, len(ids))],
@@ -206,6 +206,31 @@ def test_recommender_returns_existing_items_ranked_like_transformers(cfg, small_
         # the same scores (sums of code log-probabilities), in descending order
         assert torch.allclose(out.sequences_scores, scores, atol=1e-4)
         assert out.sequences_scores.tolist() == sorted(out.sequences_scores.tolist(), reverse=True)
+
+
+def test_recommender_prompt_question_or_history_list(cfg, small_table, small_tok, random_lm):
+    """eval.rec_prompt: "auto" continues seq_history's list when 06 builds it (smoke sets
+    sft.history_window), showing the last history_window items; "question" is seq_last_N's
+    question; a history prompt without seq_history, or an unknown value, is a named error."""
+    dec = generate.Decoder(random_lm, small_tok, small_table, cfg.llm)
+    history = list(range(30))
+    w = cfg.sft.history_window
+    assert 2 <= w < len(history) and generate.rec_prompt_mode(cfg) == "history"
+    ids = dec.rec_prompt(history, cfg)
+    text = small_tok.decode(ids)
+    head = small_tok.decode(dec.prompt(generate.history_messages(small_table, cfg)))
+    assert text.startswith(head) and "oldest first. Continue the list." in head
+    assert text[len(head):] == "".join(small_table.sid_of(i) for i in history[-w:])
+    # the 06 task asks the same question
+    assert generate.history_messages(small_table, cfg)[-1]["content"] == \
+        tasks.templates_of(tasks.HISTORY)[0][0].format(nouns="movies", verb="watched")
+    question = config.load("smoke", {"eval.rec_prompt": "question"})
+    assert dec.rec_prompt(history, question) == dec.prompt(generate.rec_messages(history, small_table, question))
+    assert generate.rec_prompt_mode(config.load("smoke", {"sft.history_window": 0})) == "question"
+    with pytest.raises(config.ConfigError, match="needs 06's seq_history"):
+        generate.rec_prompt_mode(config.load("smoke", {"sft.history_window": 0, "eval.rec_prompt": "history"}))
+    with pytest.raises(config.ConfigError, match="expected one of auto, question, history"):
+        generate.rec_prompt_mode(config.load("smoke", {"eval.rec_prompt": "list"}))
 
 
 def test_recommender_skips_the_history_inside_the_search(cfg, small_table, small_tok, random_lm):

@@ -258,6 +258,46 @@ def test_sessions_cut_each_training_part_into_consecutive_turns(smoke):
         assert len(r.context_items) == n and len(r.answer_items) < short.sft.session_turns + 1
 
 
+def test_history_lists_label_every_training_transition_once(smoke):
+    """seq_history: uncapped, a user's lists are consecutive runs of the training part that
+    together hold every item once (a one-item remainder at the start aside), the answer is the
+    list's SIDs back to back, each a label; too long for llm.max_length, the oldest items go."""
+    cfg0, inputs, tok = smoke
+    cfg = config.load("smoke", {"sft.max_per_task": 0, "sft.history_window": 7})
+    ctx = tasks.Context(tasks.make_catalog(inputs), inputs, cfg.sft, tasks.Tally())
+    drafts = tasks.history_drafts(ctx, "train", cfg.seed)
+    assert tasks.history_drafts(ctx, "valid", cfg.seed) == []  # 09 measures it as the recommender
+    users = user_parts(inputs.split)
+    listed: dict[int, list[int]] = {}
+    for d in drafts:
+        part = users[d.user_id][0]
+        assert 2 <= len(d.history) <= 7 and d.answer_items == d.history and is_run(part, d.history), d
+        listed.setdefault(d.user_id, []).extend(d.history)
+    for u, (part, _v, _t) in users.items():
+        want = part if len(part) % 7 != 1 else part[1:]
+        assert sorted(listed.get(u, [])) == sorted(want), u
+    # each user's latest list comes before every older one
+    first = {}
+    for j, d in enumerate(drafts):
+        first.setdefault(d.user_id, j)
+    n_users = len(first)
+    assert sorted(first.values()) == list(range(n_users))
+    d = drafts[0]
+    msgs = d.messages(cfg.sft.system_prompt, ctx.catalog)
+    assert msgs[2]["content"] == "".join(inputs.table.sid_of(i) for i in d.history)
+    enc = chat.encode(tok, msgs, cfg.llm)
+    start = tok.convert_tokens_to_ids("<|sid_start|>")
+    assert [t for t in enc["labels"] if t != chat.IGNORE].count(start) == len(d.history)
+    # through build: a list cut to fit keeps its newest items, and answer_items says which
+    short = config.load("smoke", {"sft.tasks": ["seq_history"], "sft.history_window": 20, "llm.max_length": 80})
+    data = sft_data.build(inputs, tok, short, progress=False)
+    assert data.train["n_tokens"].max() <= 80 and data.train["truncated"].any() and len(data.valid) == 0
+    for r in data.train.itertuples():
+        blocks = sid_blocks(r.messages[2]["content"], inputs.table.scheme)
+        assert [inputs.table.trie().item_of(c) for c in blocks] == list(r.answer_items)
+        assert list(r.context_items) == [] and is_run(users[r.user_id][0], list(r.answer_items))
+
+
 # ----------------------------------------------------------------------------- SIDs
 
 

@@ -13,7 +13,8 @@ What is measured (notebooks/09-eval.ipynb shows it):
   existing items, without and with the SidConstraint;
 - **as a recommender**, on the test samples of `sidlib.split` (the baselines' users; a seeded
   sample of `eval.users` of them): 06's sequential prompt (`seq_last_N` phrasing, the last N
-  history items), constrained beam search with `eval.rec_beam` beams, items ranked by beam score,
+  history items; or, with `seq_history` trained, its question with the last `sft.history_window`
+  items listed as the answer: `eval.rec_prompt`), constrained beam search with `eval.rec_beam` beams, items ranked by beam score,
   scored by `sidlib.metrics.evaluate_topk` (both slices) — and the same for the base model with
   the SID tokens added but untrained (`eval.floor`), the floor every number should clear.
 
@@ -49,7 +50,7 @@ from ..device import resolve_device
 from ..sids import SidTable
 from . import sft_data
 from .finetuned import load_finetuned
-from .generate import Decoder
+from .generate import Decoder, rec_prompt_mode
 from .train import prepare_model
 
 log = logging.getLogger("sidlib.llm.eval")
@@ -264,7 +265,8 @@ def evaluate_recommender(dec: Decoder, samples: pd.DataFrame, cfg: Config, train
                                 batch_size=max(len(samples), 1), exclude_history=ban,
                                 train_counts=train_counts, cold_threshold=cfg.baselines.cold_threshold)
     seconds = time.perf_counter() - t0
-    res.update(beam=k, seconds=round(seconds, 1), ms_per_user=round(1000 * seconds / max(len(samples), 1), 1))
+    res.update(beam=k, prompt=rec_prompt_mode(cfg), seconds=round(seconds, 1),
+               ms_per_user=round(1000 * seconds / max(len(samples), 1), 1))
     return res
 
 
@@ -315,7 +317,7 @@ def rec_summary(res: Mapping[str, Any]) -> dict[str, Any]:
     return {"ndcg@10": res["all"].get("ndcg@10"), "hit@10": res["all"].get("hit@10"), "mrr": res["all"].get("mrr"),
             "ndcg@10_cold": res["cold"].get("ndcg@10"), "hit@10_cold": res["cold"].get("hit@10"),
             "n_users": res["n_users"], "n_cold": res["n_cold"], "beam": res.get("beam"),
-            "ms_per_user": res.get("ms_per_user")}
+            "ms_per_user": res.get("ms_per_user"), "prompt": res.get("prompt")}
 
 
 def comparison_table(baselines: Mapping[str, Mapping[str, Any]], llms: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -327,7 +329,8 @@ def comparison_table(baselines: Mapping[str, Mapping[str, Any]], llms: Mapping[s
         ranking = f"top-{m['beam']} beams" if m.get("beam") else "full ranking"
         rows.append(_row(BASELINE_NAMES.get(key, key), m, ranking))
     for name, m in llms.items():
-        rows.append(_row(name, m, f"top-{m.get('beam')} beams"))
+        how = ", continuing the history list" if m.get("prompt") == "history" else ""
+        rows.append(_row(name, m, f"top-{m.get('beam')} beams{how}"))
     return pd.DataFrame(rows, columns=["model", *TABLE_COLUMNS]).set_index("model")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, LLMConfig
+from ..config import Config, ConfigError, LLMConfig
 from ..models.beam import BeamResult, beam_search
 from ..sids import REC, SID_START, CodeTrie, SidTable
 from . import chat, tasks, vocab
@@ -184,6 +184,18 @@ class Decoder:
     def prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         return chat.prompt_ids(self.tok, messages, self.llm)
 
+    def rec_prompt(self, history: Sequence[int], cfg: Config) -> list[int]:
+        """Token ids the recommender's beams start after (`rec_prompt_mode`): 06's seq_last_N
+        question, or seq_history's question with the last sft.history_window items already
+        listed as the answer, so the next SID continues the list."""
+        if rec_prompt_mode(cfg) == "question":
+            return self.prompt(rec_messages(history, self.table, cfg))
+        shown = [int(i) for i in history][-cfg.sft.history_window:]
+        if not shown:
+            raise ValueError("the recommender needs at least one history item")
+        listing = "".join(self.table.sid_of(i) for i in shown)
+        return self.prompt(history_messages(self.table, cfg)) + self.tok(listing, add_special_tokens=False)["input_ids"]
+
     def prefill(self, prompts: Sequence[Sequence[int]]) -> Prefilled:
         return prefill(self.model, prompts, self.pad_id)
 
@@ -258,7 +270,7 @@ class Decoder:
         """[B, k] item ids per history, best first (-1 padding), by constrained beam search on
         06's sequential prompt. Prompts are batched by length (less padding). exclude_history:
         the beams never produce an item of the user's (whole) history, as SID-GR's."""
-        prompts = [self.prompt(rec_messages(h, self.table, cfg)) for h in histories]
+        prompts = [self.rec_prompt(h, cfg) for h in histories]
         out = np.full((len(prompts), k), -1, dtype=np.int64)
         bs = batch_size or cfg.eval.batch_size
         order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -271,6 +283,31 @@ class Decoder:
 
 
 # --------------------------------------------------------------------------- prompts
+
+
+REC_PROMPTS = ("auto", "question", "history")
+
+
+def rec_prompt_mode(cfg: Config) -> str:
+    """eval.rec_prompt resolved: "history" when 06 builds seq_history (sft.history_window > 0)
+    under "auto", else "question"; "history" without seq_history is an error (the model never
+    read that prompt)."""
+    mode = cfg.eval.rec_prompt
+    if mode not in REC_PROMPTS:
+        raise ConfigError(f"eval.rec_prompt = {mode!r}: expected one of {', '.join(REC_PROMPTS)}")
+    if mode == "history" and cfg.sft.history_window < 2:
+        raise ConfigError("eval.rec_prompt = 'history' needs 06's seq_history task: set sft.history_window (e.g. 50)")
+    if mode == "auto":
+        return "history" if cfg.sft.history_window >= 2 else "question"
+    return mode
+
+
+def history_messages(table: SidTable, cfg: Config) -> list[dict[str, str]]:
+    """seq_history's question (system prompt included), whose answer lists a history."""
+    words = tasks.words_for(cfg.data.source, cfg.sft.item_noun)
+    user_t, _answer = tasks.templates_of(tasks.HISTORY)[0]
+    system = [{"role": "system", "content": cfg.sft.system_prompt}] if cfg.sft.system_prompt else []
+    return system + [{"role": "user", "content": user_t.format(nouns=words.nouns, verb=words.verb)}]
 
 
 def rec_messages(history: Sequence[int], table: SidTable, cfg: Config) -> list[dict[str, str]]:

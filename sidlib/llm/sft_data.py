@@ -58,7 +58,7 @@ from . import chat, vocab
 from .base import load_tokenizer
 from .tasks import drafts_for
 from .tasks.common import Catalog, Context, Draft, Inputs, Tally, check_inputs, make_catalog
-from .tasks.names import TASKS, family, selected_tasks
+from .tasks.names import HISTORY, TASKS, family, selected_tasks
 
 log = logging.getLogger("sidlib.llm.sft_data")
 
@@ -222,9 +222,13 @@ def build(inputs: Inputs, tokenizer: Any, cfg: Config, progress: bool = True) ->
                 continue
             ctx.tally.add(d.task, part, "truncated", int(f.truncated))
             ctx.tally.add(d.task, part, "shortened", int(f.shortened))
+            if d.task == HISTORY:  # the list is the answer: what fit kept of it
+                answer, context = f.history, d.context
+            else:
+                answer, context = d.answer_items[: f.turns] if d.follow else d.answer_items, d.context + f.history
             frames[part].append({
                 "task": d.task, "template": d.template, "messages": f.messages, "target_item": d.target_item,
-                "answer_items": list(map(int, d.answer_items[: f.turns] if d.follow else d.answer_items)), "context_items": list(map(int, d.context + f.history)),
+                "answer_items": list(map(int, answer)), "context_items": list(map(int, context)),
                 "user_id": d.user_id, "n_tokens": f.n_tokens, "truncated": f.truncated, "shortened": f.shortened,
             })
     for (task, part), reasons in ctx.tally.skipped.items():

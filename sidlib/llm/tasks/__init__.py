@@ -17,7 +17,9 @@ chat template (sidlib.llm.chat; Qwen3 with thinking off). The task families foll
   `seq_session`: the `seq_last_N` question (N = the longest length), answered, then up to
   `sft.session_turns` follow-up turns ("Next?") each answered with the item after: one
   conversation teaches 1 + session_turns next-item predictions for ~25 tokens each, where a
-  `seq_last_5` sample pays ~75 tokens for one (the all-positions loss of SASRec and SID-GR, in chat form);
+  `seq_last_5` sample pays ~75 tokens for one; `seq_history` (`sft.history_window` > 0): a
+  training part listed as SIDs, every item a label for ~5 tokens (the all-positions loss of
+  SASRec and SID-GR, in chat form);
 - co-purchase: `copurchase_forward` ("who bought X also bought Y") and `copurchase_backward`
   ("before buying Y users bought X"), from prep's co-occurrence pairs;
 - `rec_steering`: a natural-language preference built from the categories (and the brand, when
@@ -29,12 +31,13 @@ from __future__ import annotations
 from .common import Catalog, Context, Draft, Inputs, Tally, check_inputs, make_catalog
 from .explain import explain_drafts
 from .items import ITEM_BUILDERS, item_drafts, prefix_drafts
-from .names import (COPURCHASE, EXPLAIN, FAMILIES, FOLLOW_UPS, SESSION, TASKS, all_tasks, family, is_user_task,
+from .names import (COPURCHASE, EXPLAIN, FAMILIES, FOLLOW_UPS, HISTORY, SESSION, TASKS, all_tasks, family, is_user_task,
                     selected_tasks, seq_task)
 from .templates import TEMPLATES, Words, templates_of, words_for
-from .users import copurchase_drafts, copurchase_edges, directed_pairs, rec_drafts, seq_drafts, session_drafts
+from .users import (copurchase_drafts, copurchase_edges, directed_pairs, history_drafts, rec_drafts, seq_drafts,
+                    session_drafts)
 
-__all__ = ["COPURCHASE", "EXPLAIN", "FAMILIES", "FOLLOW_UPS", "SESSION", "TASKS", "TEMPLATES", "Catalog", "Context",
+__all__ = ["COPURCHASE", "EXPLAIN", "FAMILIES", "FOLLOW_UPS", "HISTORY", "SESSION", "TASKS", "TEMPLATES", "Catalog", "Context",
            "Draft", "Inputs", "Tally", "Words", "all_tasks", "check_inputs", "copurchase_edges", "directed_pairs",
            "drafts_for", "family", "is_user_task", "make_catalog", "selected_tasks", "seq_task", "session_drafts",
            "templates_of", "words_for"]
@@ -49,6 +52,8 @@ def drafts_for(ctx: Context, task: str, part: str, seed: int) -> list[Draft]:
         return seq_drafts(ctx, int(task.removeprefix("seq_last_")), part, seed)
     if task == SESSION:
         return session_drafts(ctx, part, seed)
+    if task == HISTORY:
+        return history_drafts(ctx, part, seed)
     if task in COPURCHASE:
         return copurchase_drafts(ctx, task, part, seed)
     if task == "rec_steering":

@@ -108,6 +108,10 @@ class Catalog:
     def history_text(self, items: Sequence[int]) -> str:
         return ", ".join(self.sids[i] for i in items)
 
+    def listing(self, items: Sequence[int]) -> str:
+        """SIDs back to back (seq_history's answer): each SID block is closed, so no separator."""
+        return "".join(self.sids[i] for i in items)
+
 
 def make_catalog(inputs: Inputs, item_noun: str = "") -> Catalog:
     items = inputs.items
@@ -156,7 +160,7 @@ class Draft:
             "verb_ing": catalog.words.verb_ing, "people": catalog.words.people,
             "People": catalog.words.people.capitalize(), "rec": REC,
             **self.fields,
-            "history": catalog.history_text(hist), "n": len(hist),
+            "history": catalog.history_text(hist), "n": len(hist), "listing": catalog.listing(hist),
             "text": self.text if text is None else text,
         }
         user_t, answer_t = templates_of(self.task)[self.template]

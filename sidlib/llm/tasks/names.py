@@ -17,9 +17,10 @@ SEQUENTIAL = ("seq_last_2", "seq_last_3", "seq_last_5")
 # words are asked for (a model fine-tuned on SID answers alone answers everything with a SID)
 EXPLAIN = ("pair_in_common", "bundle_name")
 SESSION = "seq_session"  # the last N items -> the next, then "Next?" turns (sft.session_turns)
-TASKS = TEXT_TO_SID + SID_TO_TEXT + CATALOG + SEQUENTIAL + (SESSION,) + COPURCHASE + ("rec_steering",) + EXPLAIN
+HISTORY = "seq_history"  # a training part listed, every item a label (sft.history_window)
+TASKS = TEXT_TO_SID + SID_TO_TEXT + CATALOG + SEQUENTIAL + (SESSION, HISTORY) + COPURCHASE + ("rec_steering",) + EXPLAIN
 # tasks whose samples come from users' sequences (the leakage rules apply to them)
-USER_TASK_PREFIXES = ("seq_last_", SESSION, "copurchase_", "rec_steering")
+USER_TASK_PREFIXES = ("seq_last_", SESSION, HISTORY, "copurchase_", "rec_steering")
 # the follow-up questions of a seq_session conversation (one, drawn per turn)
 FOLLOW_UPS = ("Next?", "And after that?", "What comes next?")
 
@@ -34,13 +35,16 @@ def seq_task(n: int) -> str:
 
 def all_tasks(cfg: SftDataConfig) -> list[str]:
     """Every task these settings can build, in report order."""
-    seq = [seq_task(n) for n in cfg.seq_lengths] + ([SESSION] if cfg.session_turns > 0 else [])
+    seq = [seq_task(n) for n in cfg.seq_lengths] + ([SESSION] if cfg.session_turns > 0 else []) \
+        + ([HISTORY] if cfg.history_window > 0 else [])
     return list(TEXT_TO_SID + SID_TO_TEXT + CATALOG) + seq + list(COPURCHASE) + ["rec_steering"] + list(EXPLAIN)
 
 
 def selected_tasks(cfg: SftDataConfig) -> list[str]:
     """sft.tasks ([] = all), checked: an unknown name is an error that lists the known ones."""
     known = all_tasks(cfg)
+    if cfg.history_window < 0 or cfg.history_window == 1:
+        raise ValueError(f"sft.history_window must be 0 (off) or >= 2 items, got {cfg.history_window}")
     if any(int(n) < 1 for n in cfg.seq_lengths):
         raise ValueError(f"sft.seq_lengths must be >= 1, got {cfg.seq_lengths}")
     if not cfg.tasks:
@@ -57,6 +61,6 @@ def is_user_task(task: str) -> bool:
 
 
 def family(task: str) -> str:
-    if task.startswith("seq_last_") or task == SESSION:
+    if task.startswith("seq_last_") or task in (SESSION, HISTORY):
         return "sequential"
     return next((f for f, tasks in FAMILIES.items() if task in tasks), "other")

@@ -80,6 +80,13 @@ TEMPLATES: dict[str, list[tuple[str, str]]] = {
         ("Which {noun} do {people} choose right before {sid}?", "{answer}"),
         ('What often leads up to "{title}" ({sid})?', "{answer}"),
     ],
+    # the recommender asks the first phrasing and continues the list (eval.rec_prompt); {listing}
+    # is the SIDs back to back, no separator (5 tokens an item with two levels, not 7)
+    "seq_history": [
+        ("Here are the {nouns} a user {verb}, oldest first. Continue the list.", "{listing}"),
+        ("List the {nouns} one user {verb}, in order.", "{listing}"),
+        ("Write out a viewing history of {nouns}, oldest first.", "{listing}"),
+    ],
     # rec prompts always end with <|rec|>; templates 1 and 2 show the history, 0 does not
     "rec_steering": [
         ("{prefs} {rec}", "{sid}"),

@@ -12,7 +12,7 @@ from ... import split as splitlib
 from ...data.prep import SEQUENCE_KIND
 from ...data.schema import DataError
 from .common import Catalog, Context, Draft, Inputs, pick_template, task_rng
-from .names import FOLLOW_UPS, SESSION, seq_task
+from .names import FOLLOW_UPS, HISTORY, SESSION, seq_task
 from .templates import PREFERENCES, REC_WITH_HISTORY
 
 
@@ -109,6 +109,50 @@ def session_drafts(ctx: Context, part: str, seed: int) -> list[Draft]:
         out.append(Draft(SESSION, pick_template(rng, SESSION), {"sid": ctx.catalog.sids[answers[0]]},
                          history=list(seq[t - n : t]), min_history=1, answer_items=answers,
                          user_id=int(users[row]), follow=follow))
+    return out
+
+
+def history_windows(seq: Sequence[int], width: int) -> list[list[int]]:
+    """A training part cut into consecutive lists of up to `width` items from its end (the oldest
+    one shorter), each item in exactly one: every transition is a label once, as in SID-GR's
+    windows. A one-item remainder at the start is dropped (a list of one teaches only the marginal)."""
+    out = []
+    end = len(seq)
+    while end >= 2:
+        out.append([int(i) for i in seq[max(0, end - width): end]])
+        end -= width
+    return out
+
+
+def history_drafts(ctx: Context, part: str, seed: int) -> list[Draft]:
+    """seq_history: each list of sft.history_window items of a training part (history_windows) is
+    one conversation whose answer lists them, oldest first: every item is predicted from the ones
+    before it (the first from none), the all-position loss of SASRec and SID-GR. Each user's
+    latest list first, then the rest at random, capped by sft.max_per_task. 06 drops the oldest
+    items of a list that does not fit llm.max_length. No valid samples: 09 measures this task as
+    the recommender (eval.rec_prompt)."""
+    if part != "train":
+        return []
+    rng = task_rng(seed, HISTORY, part)
+    split = ctx.inputs.split
+    users = split["user_id"].to_numpy(dtype=np.int64)
+    lists = [(row, w) for row, seq in enumerate(split["train"]) for w in history_windows(seq, ctx.cfg.history_window)]
+    seen: set[int] = set()
+    latest = []
+    for row, _w in lists:  # history_windows yields a user's latest list first
+        latest.append(row not in seen)
+        seen.add(row)
+    ctx.tally.add(HISTORY, part, "candidates", len(lists))
+    ctx.tally.skip(HISTORY, part, "training part shorter than 2 items (users)",
+                   int(sum(len(t) < 2 for t in split["train"])))
+    order = _window_order(np.array(latest, dtype=bool), rng)
+    if ctx.cfg.max_per_task:
+        order = order[: ctx.cfg.max_per_task]
+    out = []
+    for j in order.tolist():
+        row, w = lists[j]
+        out.append(Draft(HISTORY, pick_template(rng, HISTORY), {}, history=w, min_history=2, answer_items=list(w),
+                         user_id=int(users[row])))
     return out
 
 
