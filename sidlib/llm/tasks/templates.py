@@ -85,7 +85,7 @@ TEMPLATES: dict[str, list[tuple[str, str]]] = {
     "seq_history": [
         ("Here are the {nouns} a user {verb}, oldest first. Continue the list.", "{listing}"),
         ("List the {nouns} one user {verb}, in order.", "{listing}"),
-        ("Write out a viewing history of {nouns}, oldest first.", "{listing}"),
+        ("Write out one user's {noun} history, oldest first.", "{listing}"),
     ],
     # rec prompts always end with <|rec|>; templates 1 and 2 show the history, 0 does not
     "rec_steering": [

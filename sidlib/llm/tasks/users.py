@@ -114,8 +114,9 @@ def session_drafts(ctx: Context, part: str, seed: int) -> list[Draft]:
 
 def history_windows(seq: Sequence[int], width: int) -> list[list[int]]:
     """A training part cut into consecutive lists of up to `width` items from its end (the oldest
-    one shorter), each item in exactly one: every transition is a label once, as in SID-GR's
-    windows. A one-item remainder at the start is dropped (a list of one teaches only the marginal)."""
+    one shorter), each item in exactly one, so each is a label once (SID-GR's windows also overlap
+    by one item of context; a chat list starts from none). A one-item remainder at the start is
+    dropped: a list of one teaches only which items are common."""
     out = []
     end = len(seq)
     while end >= 2:
