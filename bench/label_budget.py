@@ -31,15 +31,10 @@ from sidlib.models import sid_gr
 from sidlib.models import train as train_utils
 
 
-def windows(sequences: list[list[int]], width: int) -> list[list[int]]:
-    """The windows SID-GR trains on (loss on every item, `sid_gr.training_samples` with
-    loss_items = 0): up to width + 1 items cut from the end, overlapping by one item, so every
-    transition is a label exactly once."""
-    out = []
-    for s in sequences:
-        for end in range(len(s) - 1, 0, -width):
-            out.append(s[max(0, end - width): end + 1])
-    return out
+def windows(sequences: list[list[int]], cfg: sid_gr.SidGRConfig) -> list[list[int]]:
+    """SID-GR's own training windows (`sid_gr.training_samples`, loss on every item): every
+    transition is a label exactly once, so a sample of windows is a budget of labels."""
+    return [sequences[i][max(0, e - cfg.max_items): e + 1] for i, e in sid_gr.training_samples(sequences, cfg)]
 
 
 def main() -> None:
@@ -53,7 +48,7 @@ def main() -> None:
     split, codes, sizes = baselines.load_inputs(cfg)
     gcfg = sid_gr.SidGRConfig.from_baseline(cfg.baselines, cfg.seed)
     seqs = [list(map(int, s)) for s in S.training_sequences(split, "valid")["item_ids"]]
-    wins = windows(seqs, gcfg.max_items)
+    wins = windows(seqs, gcfg)
     per_epoch = sum(len(w) - 1 for w in wins)
     counts = S.item_train_counts(split, len(codes))
     test = S.samples(split, "test")

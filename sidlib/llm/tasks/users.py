@@ -137,21 +137,18 @@ def history_drafts(ctx: Context, part: str, seed: int) -> list[Draft]:
     rng = task_rng(seed, HISTORY, part)
     split = ctx.inputs.split
     users = split["user_id"].to_numpy(dtype=np.int64)
-    lists = [(row, w) for row, seq in enumerate(split["train"]) for w in history_windows(seq, ctx.cfg.history_window)]
-    seen: set[int] = set()
-    latest = []
-    for row, _w in lists:  # history_windows yields a user's latest list first
-        latest.append(row not in seen)
-        seen.add(row)
+    # (user row, list, is the user's latest list): history_windows yields the latest first
+    lists = [(row, w, k == 0) for row, seq in enumerate(split["train"])
+             for k, w in enumerate(history_windows(seq, ctx.cfg.history_window))]
     ctx.tally.add(HISTORY, part, "candidates", len(lists))
     ctx.tally.skip(HISTORY, part, "training part shorter than 2 items (users)",
                    int(sum(len(t) < 2 for t in split["train"])))
-    order = _window_order(np.array(latest, dtype=bool), rng)
+    order = _window_order(np.array([latest for _r, _w, latest in lists], dtype=bool), rng)
     if ctx.cfg.max_per_task:
         order = order[: ctx.cfg.max_per_task]
     out = []
     for j in order.tolist():
-        row, w = lists[j]
+        row, w, _latest = lists[j]
         out.append(Draft(HISTORY, pick_template(rng, HISTORY), {}, history=w, min_history=2, answer_items=list(w),
                          user_id=int(users[row])))
     return out
