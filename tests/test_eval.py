@@ -257,6 +257,22 @@ def test_comparison_table_rows_and_sample_sizes():
     assert t.loc[ev.FINETUNED, "n_users"] == 16 and t.loc[ev.FINETUNED, "ranking"] == "top-10 beams"
 
 
+def test_same_user_rows_keep_the_baselines_ranking(cfg, monkeypatch):
+    """07's models re-scored on the LLM's users from their saved per-user ranks: the metrics of
+    those users, and a beam model's row still says its ranks are beams."""
+    ranks = pd.DataFrame({"model": ["sasrec"] * 3 + ["sid_gr"] * 3, "user_id": [1, 2, 3] * 2,
+                          "rank": [1, 50, 3, 2, np.inf, 11]})  # 1-based; inf = not in SID-GR's beams
+    monkeypatch.setattr(ev, "load_ranks", lambda profile: ranks)
+    samples = pd.DataFrame({"user_id": [1, 3], "history": [[0], [0]], "target": [5, 6]})
+    entries = {"sasrec": {"ndcg@10": 0.1, "n_users": 3}, "sid_gr": {"ndcg@10": 0.05, "n_users": 3, "beam": 20}}
+    same = ev.baselines_on(cfg, samples, np.ones(10, dtype=np.int64), entries)
+    assert same["SASRec" + ev.SAME_USERS]["n_users"] == 2
+    assert same["SASRec" + ev.SAME_USERS]["hit@10"] == 1.0 and same["SID-GR" + ev.SAME_USERS]["hit@10"] == 0.5
+    t = ev.comparison_table({**entries, **same}, {})
+    assert t.loc["SID-GR" + ev.SAME_USERS, "ranking"] == "top-20 beams"
+    assert t.loc["SASRec" + ev.SAME_USERS, "ranking"] == "full ranking"
+
+
 # --------------------------------------------------------------------------- the demo's chat
 
 

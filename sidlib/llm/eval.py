@@ -280,9 +280,11 @@ def popularity_on(samples: pd.DataFrame, train_counts: np.ndarray, cfg: Config) 
             "n_users": res["n_users"], "n_cold": res["n_cold"]}
 
 
-def baselines_on(cfg: Config, samples: pd.DataFrame, train_counts: np.ndarray) -> dict[str, dict[str, Any]]:
+def baselines_on(cfg: Config, samples: pd.DataFrame, train_counts: np.ndarray,
+                 entries: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """07's sequential models on exactly these users, from the per-user test ranks 07 saved
-    (none before 07 ran with them): rows named "<model> (the LLM's users)"."""
+    (none before 07 ran with them): rows named "<model> (the LLM's users)". `entries`: 07's
+    summary metrics, whose `beam` a row keeps (SID-GR's ranks are beams, not a full ranking)."""
     ranks = load_ranks(cfg.profile)
     if ranks is None:
         log.info("07-baselines saved no per-user ranks: its rows are over all its users only")
@@ -299,7 +301,7 @@ def baselines_on(cfg: Config, samples: pd.DataFrame, train_counts: np.ndarray) -
         out[BASELINE_NAMES.get(name, name) + SAME_USERS] = {
             "ndcg@10": res["all"]["ndcg@10"], "hit@10": res["all"]["hit@10"], "mrr": res["all"]["mrr"],
             "ndcg@10_cold": res["cold"].get("ndcg@10"), "hit@10_cold": res["cold"].get("hit@10"),
-            "n_users": res["n_users"], "n_cold": res["n_cold"]}
+            "n_users": res["n_users"], "n_cold": res["n_cold"], "beam": (entries or {}).get(name, {}).get("beam")}
     return out
 
 
@@ -399,8 +401,9 @@ def run(cfg: Config, model_dir: str = "", progress: bool = True) -> EvalOutputs:
     # the LLM ranks a sample of the test users: popularity on exactly those users is the bar it
     # must clear (07's rows are over every user; their n_users column says so)
     pop = popularity_on(samples, counts, cfg)
-    same = baselines_on(cfg, samples, counts)
-    comparison = comparison_table({**_baseline_metrics(cfg.profile), "popularity_llm_users": pop, **same}, llm_rows)
+    base = _baseline_metrics(cfg.profile)
+    same = baselines_on(cfg, samples, counts, base)
+    comparison = comparison_table({**base, "popularity_llm_users": pop, **same}, llm_rows)
     levels, beam = table.scheme.levels, cfg.eval.beam
     sid_rows = detail[detail["kind"] == "sid"]
     llm = {"tasks": {t: {k: v for k, v in row.items() if k != "kind" and pd.notna(v)}
